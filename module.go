@@ -1,0 +1,314 @@
+// Package caddysmtp is the `smtp` Caddy app: an outbound SMTP and LMTP
+// delivery engine configured as Stalwart's outbound transport is
+// (queue.outbound), in Caddy JSON or the Caddyfile's `smtp` global option.
+package caddysmtp
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"reflect"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/strictjson"
+	"github.com/seed7b014b84/caddy-smtp/rules"
+	"github.com/seed7b014b84/caddy-smtp/strategy"
+	"github.com/seed7b014b84/caddy-smtp/transport"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App is the `smtp` app: outbound mail delivery for Caddy.
+//
+// Every setting marked "rule list" may be given as a plain value or as a
+// list of rules, [{"if": EXPR, "then": VALUE}, ..., {"else": VALUE}], where
+// EXPR is a CEL expression over the variables documented in package rules
+// (retry_num, sender, sender_domain, rcpt, rcpt_domain, mx, remote_ip,
+// local_ip, last_error, last_status, size, priority, queue_age) and `lists`.
+type App struct {
+	// Hostname is the name the app greets servers with (EHLO or LHLO).
+	// Caddy placeholders such as {env.SMTP_HOSTNAME} are replaced when the
+	// config loads. Default: the machine's host name. Rule list.
+	Hostname rules.Setting[string] `json:"hostname,omitzero"`
+
+	// NextHop routes each recipient: the name of a remote in `remotes`, or
+	// false to deliver to the recipient domain's MX hosts. Default: false.
+	// Rule list, e.g. [{"if": "rcpt_domain in lists.local", "then":
+	// "lmtp"}, {"else": false}].
+	NextHop rules.Setting[NextHop] `json:"next_hop,omitzero"`
+
+	// Remotes are the named servers next_hop can send to: relays over
+	// SMTP, message stores over LMTP.
+	Remotes map[string]*Remote `json:"remotes,omitempty"`
+
+	// Lists are named lists of strings (domains, addresses, ...) that rule
+	// conditions can test: `rcpt_domain in lists.domains`.
+	Lists map[string][]string `json:"lists,omitempty"`
+
+	// IPStrategy is which address families are tried, in which order:
+	// "ipv4_only", "ipv6_only", "ipv6_then_ipv4" or "ipv4_then_ipv6" (the
+	// spellings with `-` are read too). Default: "ipv4_then_ipv6", as
+	// Stalwart: IPv4 is what receivers' reputation systems know best, and
+	// IPv6 is still tried when IPv4 fails. Rule list.
+	IPStrategy rules.Setting[strategy.IPStrategy] `json:"ip_strategy,omitzero"`
+
+	// SourceIP lists the local addresses to send from, per family.
+	SourceIP *SourceIP `json:"source_ip,omitempty"`
+
+	// Limits bound how many MX hosts and addresses an attempt tries.
+	Limits *Limits `json:"limits,omitempty"`
+
+	// Timeouts bound each phase of a session.
+	Timeouts *Timeouts `json:"timeouts,omitempty"`
+
+	// TLS is the TLS policy: STARTTLS, certificate checks, MTA-STS, DANE.
+	TLS *TLS `json:"tls,omitempty"`
+
+	// Resolver is reserved for the DNS resolver's settings; it accepts no
+	// settings yet, and the system's resolver is used.
+	Resolver json.RawMessage `json:"resolver,omitempty"`
+
+	ctx    caddy.Context
+	logger *zap.Logger
+	env    *rules.Env
+}
+
+// The defaults Provision sets; the field comments explain each choice.
+const (
+	defaultIPStrategy  = strategy.IPv4ThenIPv6
+	defaultMX          = 7
+	defaultMultihomed  = 2
+	defaultConcurrency = 10
+)
+
+var defaultTimeouts = map[string]time.Duration{
+	"connect":   30 * time.Second,
+	"greeting":  5 * time.Minute,
+	"tls":       time.Minute,
+	"ehlo":      5 * time.Minute,
+	"mail_from": 5 * time.Minute,
+	"rcpt_to":   5 * time.Minute,
+	"data":      10 * time.Minute,
+	"mta_sts":   time.Minute,
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "smtp",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// UnmarshalJSON decodes the app's config strictly: an unknown key, a value
+// of the wrong type or a value out of its set (an unknown ip_strategy, say)
+// is an error that names the key path.
+func (a *App) UnmarshalJSON(b []byte) error {
+	if err := strictjson.Check(b, reflect.TypeFor[App]()); err != nil {
+		return err
+	}
+	type plain App
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*a = App(p)
+	return nil
+}
+
+// Provision sets every default, resolves placeholders and compiles the rule
+// lists.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+
+	if err := a.setDefaults(); err != nil {
+		return err
+	}
+	if err := a.replacePlaceholders(); err != nil {
+		return err
+	}
+	env, err := rules.NewEnv(a.Lists)
+	if err != nil {
+		return err
+	}
+	a.env = env
+	return a.compileRules()
+}
+
+func (a *App) setDefaults() error {
+	if a.Hostname.IsZero() {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("hostname: not set, and the machine's host name is unknown: %w", err)
+		}
+		a.Hostname = rules.Plain(host)
+	}
+	if a.NextHop.IsZero() {
+		a.NextHop = rules.Plain(MX)
+	}
+	if a.IPStrategy.IsZero() {
+		a.IPStrategy = rules.Plain(defaultIPStrategy)
+	}
+	if a.SourceIP == nil {
+		a.SourceIP = new(SourceIP)
+	}
+	if a.SourceIP.V4.IsZero() {
+		a.SourceIP.V4 = rules.Plain([]SourceAddr{})
+	}
+	if a.SourceIP.V6.IsZero() {
+		a.SourceIP.V6 = rules.Plain([]SourceAddr{})
+	}
+	if a.Limits == nil {
+		a.Limits = new(Limits)
+	}
+	defaultSetting(&a.Limits.MX, defaultMX)
+	defaultSetting(&a.Limits.Multihomed, defaultMultihomed)
+	if a.Timeouts == nil {
+		a.Timeouts = new(Timeouts)
+	}
+	for _, t := range a.timeoutSettings() {
+		defaultSetting(t.setting, caddy.Duration(defaultTimeouts[t.key]))
+	}
+	if a.TLS == nil {
+		a.TLS = new(TLS)
+	}
+	defaultSetting(&a.TLS.StartTLS, transport.TLSOptional)
+	defaultSetting(&a.TLS.AllowInvalidCerts, false)
+	defaultSetting(&a.TLS.MTASTS, transport.TLSOptional)
+	defaultSetting(&a.TLS.DANE, transport.TLSOptional)
+	for _, r := range a.Remotes {
+		if r == nil {
+			continue // Validate reports it
+		}
+		if r.Protocol == "" {
+			r.Protocol = transport.SMTP
+		}
+		if r.TLS == nil {
+			r.TLS = new(RemoteTLS)
+		}
+		if r.Port == 0 {
+			r.Port = r.Protocol.DefaultPort(r.TLS.Implicit)
+		}
+		if r.Concurrency == 0 {
+			r.Concurrency = defaultConcurrency
+		}
+	}
+	return nil
+}
+
+func defaultSetting[T any](s *rules.Setting[T], v T) {
+	if s.IsZero() {
+		*s = rules.Plain(v)
+	}
+}
+
+// namedTimeout is a timeout setting with its JSON key.
+type namedTimeout struct {
+	key     string
+	setting *rules.Setting[caddy.Duration]
+}
+
+// timeoutSettings lists the timeouts in their documented order.
+func (a *App) timeoutSettings() []namedTimeout {
+	t := a.Timeouts
+	return []namedTimeout{
+		{"connect", &t.Connect},
+		{"greeting", &t.Greeting},
+		{"tls", &t.TLS},
+		{"ehlo", &t.EHLO},
+		{"mail_from", &t.MailFrom},
+		{"rcpt_to", &t.RcptTo},
+		{"data", &t.Data},
+		{"mta_sts", &t.MTASTS},
+	}
+}
+
+// replacePlaceholders resolves Caddy's global placeholders ({env.*},
+// {file.*}, {system.*}) in the hostname and in remotes' credentials; an
+// unknown or empty placeholder is an error, not a silently empty secret.
+func (a *App) replacePlaceholders() error {
+	repl := caddy.NewReplacer()
+	replace := func(path string, s *string) error {
+		out, err := repl.ReplaceOrErr(*s, true, true)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		*s = out
+		return nil
+	}
+	if err := a.Hostname.Each("hostname", replace); err != nil {
+		return err
+	}
+	for _, name := range sortedNames(a.Remotes) {
+		r := a.Remotes[name]
+		if r == nil || r.Auth == nil {
+			continue
+		}
+		at := "remotes." + name + ".auth."
+		if err := replace(at+"username", &r.Auth.Username); err != nil {
+			return err
+		}
+		if err := replace(at+"secret", &r.Auth.Secret); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// compileRules compiles every rule list with its key path.
+func (a *App) compileRules() error {
+	compilers := []struct {
+		path    string
+		compile func(string, *rules.Env) error
+	}{
+		{"hostname", a.Hostname.Compile},
+		{"next_hop", a.NextHop.Compile},
+		{"ip_strategy", a.IPStrategy.Compile},
+		{"source_ip.v4", a.SourceIP.V4.Compile},
+		{"source_ip.v6", a.SourceIP.V6.Compile},
+		{"limits.mx", a.Limits.MX.Compile},
+		{"limits.multihomed", a.Limits.Multihomed.Compile},
+		{"tls.starttls", a.TLS.StartTLS.Compile},
+		{"tls.allow_invalid_certs", a.TLS.AllowInvalidCerts.Compile},
+		{"tls.mta_sts", a.TLS.MTASTS.Compile},
+		{"tls.dane", a.TLS.DANE.Compile},
+	}
+	for _, t := range a.timeoutSettings() {
+		compilers = append(compilers, struct {
+			path    string
+			compile func(string, *rules.Env) error
+		}{"timeouts." + t.key, t.setting.Compile})
+	}
+	for _, c := range compilers {
+		if err := c.compile(c.path, a.env); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Start starts the app. Deliveries are made on demand by callers, so there
+// is nothing to run in the background yet.
+func (a *App) Start() error {
+	a.logger.Info("smtp app started",
+		zap.Int("remotes", len(a.Remotes)),
+		zap.Int("lists", len(a.Lists)))
+	return nil
+}
+
+// Stop stops the app. It returns at once: nothing it holds outlives it.
+func (a *App) Stop() error { return nil }
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.Validator   = (*App)(nil)
+	_ json.Unmarshaler  = (*App)(nil)
+)

@@ -205,9 +205,8 @@ type Timeouts struct {
 	Data rules.Setting[caddy.Duration] `json:"data,omitzero"`
 
 	// MTASTS is the time allowed to fetch a domain's MTA-STS policy over
-	// HTTPS. Default: 1m: the policy is a small file (at most 64 KiB), and
-	// RFC 8461 asks that the fetch be bounded so a slow policy host cannot
-	// hold up the queue.
+	// HTTPS. Default: 1m, the timeout RFC 8461 (section 3.3) suggests for
+	// the policy fetch; the policy is a small file (at most 64 KiB).
 	MTASTS rules.Setting[caddy.Duration] `json:"mta_sts,omitzero"`
 }
 

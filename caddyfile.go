@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
+	"github.com/seed7b014b84/caddy-smtp/resolver"
 	"github.com/seed7b014b84/caddy-smtp/rules"
 	"github.com/seed7b014b84/caddy-smtp/strategy"
 	"github.com/seed7b014b84/caddy-smtp/transport"
@@ -67,7 +68,24 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			mta_sts disable|optional|require
 //			dane disable|optional|require
 //		}
+//		resolver [<server>...] {
+//			servers <server>...
+//			trust_ad [true|false]
+//			timeout <duration>
+//			attempts <n>
+//			try_tcp_on_error [true|false]
+//			max_in_flight <n>
+//			cache {
+//				size <n>
+//				min_ttl <duration>
+//				max_ttl <duration>
+//				max_negative_ttl <duration>
+//			}
+//		}
 //	}
+//
+// A resolver server is udp://IP:PORT, tcp://IP:PORT, tls://IP:PORT#NAME, a
+// preset (cloudflare, google, quad9, each also -tls) or system.
 //
 // A list's entries may also be given one or more per line in a block
 // (`list domains { ... }`), and auth as a block with `username` and `secret`.
@@ -128,8 +146,13 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.TLS = new(TLS)
 			}
 			err = parseTLS(d, p, a.TLS)
+		case "resolver":
+			if a.Resolver != nil {
+				return d.Err("resolver is given twice")
+			}
+			a.Resolver, err = parseResolver(d)
 		default:
-			return d.Errf("unknown smtp option %q (known: hostname, next_hop, remote, list, ip_strategy, source_ip, limits, timeouts, tls)", d.Val())
+			return d.Errf("unknown smtp option %q (known: hostname, next_hop, remote, list, ip_strategy, source_ip, limits, timeouts, tls, resolver)", d.Val())
 		}
 		if err != nil {
 			return err
@@ -572,3 +595,69 @@ func sourcesParser(v6 bool) valueParser[[]SourceAddr] {
 
 // Interface guards
 var _ caddyfile.Unmarshaler = (*App)(nil)
+
+func parseResolver(d *caddyfile.Dispenser) (*resolver.Config, error) {
+	cfg := &resolver.Config{Servers: d.RemainingArgs()}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		key := d.Val()
+		args := d.RemainingArgs()
+		var err error
+		switch key {
+		case "servers":
+			if len(args) == 0 {
+				return nil, d.Err("servers needs at least one server")
+			}
+			cfg.Servers = append(cfg.Servers, args...)
+		case "trust_ad":
+			var b bool
+			b, err = parseBool(d, args)
+			cfg.TrustAD = &b
+		case "timeout":
+			cfg.Timeout, err = parseDuration(d, args)
+		case "attempts":
+			cfg.Attempts, err = parseInt(d, args)
+		case "try_tcp_on_error":
+			var b bool
+			b, err = parseBool(d, args)
+			cfg.TryTCPOnError = &b
+		case "max_in_flight":
+			cfg.MaxInFlight, err = parseInt(d, args)
+		case "cache":
+			if len(args) > 0 {
+				return nil, d.ArgErr()
+			}
+			cfg.Cache, err = parseResolverCache(d)
+		default:
+			return nil, d.Errf("unknown resolver option %q (known: servers, trust_ad, timeout, attempts, try_tcp_on_error, max_in_flight, cache)", key)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
+}
+
+func parseResolverCache(d *caddyfile.Dispenser) (*resolver.CacheConfig, error) {
+	c := new(resolver.CacheConfig)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		key := d.Val()
+		args := d.RemainingArgs()
+		var err error
+		switch key {
+		case "size":
+			c.Size, err = parseInt(d, args)
+		case "min_ttl":
+			c.MinTTL, err = parseDuration(d, args)
+		case "max_ttl":
+			c.MaxTTL, err = parseDuration(d, args)
+		case "max_negative_ttl":
+			c.MaxNegativeTTL, err = parseDuration(d, args)
+		default:
+			return nil, d.Errf("unknown resolver cache option %q (known: size, min_ttl, max_ttl, max_negative_ttl)", key)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}

@@ -203,7 +203,10 @@ func TestInvalidConfigs(t *testing.T) {
 		{"lists not strings", `{"lists": {"d": [1, 2]}}`, []string{"lists.d[0]", "want a string"}},
 		{"list empty entry", `{"lists": {"d": [""]}}`, []string{"lists.d[0]: empty entry"}},
 		{"remote named false", `{"remotes": {"false": {"address": "a.example"}}}`, []string{"remotes.false"}},
-		{"resolver settings", `{"resolver": {"servers": ["udp://127.0.0.1:53"]}}`, []string{"resolver"}},
+		{"resolver bad server", `{"resolver": {"servers": ["udp://127.0.0.1:53", "dns.example"]}}`, []string{"resolver.servers[1]", "dns.example"}},
+		{"resolver unknown key", `{"resolver": {"server": ["udp://127.0.0.1:53"]}}`, []string{"resolver.server: unknown key"}},
+		{"resolver bad attempts", `{"resolver": {"servers": ["udp://127.0.0.1"], "attempts": -1}}`, []string{"resolver.attempts"}},
+		{"resolver cache bad key", `{"resolver": {"cache": {"entries": 5}}}`, []string{"resolver.cache.entries: unknown key"}},
 		{"not an object", `["smtp"]`, []string{"want an object"}},
 	}
 	require.GreaterOrEqual(t, len(tests), 25)

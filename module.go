@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/seed7b014b84/caddy-smtp/internal/strictjson"
+	"github.com/seed7b014b84/caddy-smtp/resolver"
 	"github.com/seed7b014b84/caddy-smtp/rules"
 	"github.com/seed7b014b84/caddy-smtp/strategy"
 	"github.com/seed7b014b84/caddy-smtp/transport"
@@ -69,13 +70,17 @@ type App struct {
 	// TLS is the TLS policy: STARTTLS, certificate checks, MTA-STS, DANE.
 	TLS *TLS `json:"tls,omitempty"`
 
-	// Resolver is reserved for the DNS resolver's settings; it accepts no
-	// settings yet, and the system's resolver is used.
-	Resolver json.RawMessage `json:"resolver,omitempty"`
+	// Resolver is the DNS resolver's settings: servers, timeouts, cache.
+	// Default: the servers of /etc/resolv.conf, with a cache of 10000
+	// answers. Resolvers with the same settings are shared across config
+	// reloads, caches included.
+	Resolver *resolver.Config `json:"resolver,omitempty"`
 
-	ctx    caddy.Context
-	logger *zap.Logger
-	env    *rules.Env
+	ctx             caddy.Context
+	logger          *zap.Logger
+	env             *rules.Env
+	dns             *resolver.Resolver
+	releaseResolver func()
 }
 
 // The defaults Provision sets; the field comments explain each choice.
@@ -138,7 +143,37 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.env = env
-	return a.compileRules()
+	if err := a.compileRules(); err != nil {
+		return err
+	}
+	return a.provisionResolver()
+}
+
+// provisionResolver takes the shared resolver for the configured settings
+// (a new one only when no running config has the same settings).
+func (a *App) provisionResolver() error {
+	if a.Resolver == nil {
+		a.Resolver = new(resolver.Config)
+	}
+	r, release, err := resolver.Get(*a.Resolver, "resolver")
+	if err != nil {
+		return err
+	}
+	r.SetLogger(a.logger.Named("resolver"))
+	a.dns, a.releaseResolver = r, release
+	return resolver.RegisterMetrics(a.ctx.GetMetricsRegistry())
+}
+
+// DNS returns the app's resolver.
+func (a *App) DNS() *resolver.Resolver { return a.dns }
+
+// Cleanup releases what the app shares with other configs (the resolver),
+// when Caddy unloads this config.
+func (a *App) Cleanup() error {
+	if a.releaseResolver != nil {
+		a.releaseResolver()
+	}
+	return nil
 }
 
 func (a *App) setDefaults() error {
@@ -307,8 +342,9 @@ func (a *App) Stop() error { return nil }
 
 // Interface guards
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
-	_ caddy.Validator   = (*App)(nil)
-	_ json.Unmarshaler  = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+	_ json.Unmarshaler   = (*App)(nil)
 )

@@ -1,7 +1,6 @@
 package caddysmtp
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -78,9 +77,6 @@ func (a *App) Validate() error {
 			}
 			return nil
 		}))
-	}
-	if r := bytes.TrimSpace(a.Resolver); len(r) > 0 && !bytes.Equal(r, []byte("null")) && !bytes.Equal(r, []byte("{}")) {
-		add(fmt.Errorf("resolver: no resolver settings are supported yet (the system resolver is used); remove the key"))
 	}
 	return errors.Join(errs...)
 }

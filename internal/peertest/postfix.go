@@ -1,0 +1,435 @@
+package peertest
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// PostfixOptions configures StartPostfix.
+type PostfixOptions struct {
+	// CA issues the server certificate; nil makes a new CA.
+	CA *CA
+	// Hostname is myhostname, the name in the greeting and EHLO reply, and
+	// is added to the certificate's names. Default "mx.example.test".
+	Hostname string
+	// Domains are the domains this MX accepts mail for; mail to any other
+	// domain is refused at RCPT with 554 5.7.1 (Relay access denied), also
+	// from loopback clients. Default {"example.test"}.
+	Domains []string
+	// NoTLS turns STARTTLS off on the plain listener (SMTPAddr). The
+	// implicit-TLS listener (SMTPSAddr) keeps TLS.
+	NoTLS bool
+	// Mailbox stores delivered mail in a maildir (read with Messages)
+	// instead of discarding it.
+	Mailbox bool
+	// MessageSizeLimit is message_size_limit in bytes; 0 keeps Postfix's
+	// default (10240000).
+	MessageSizeLimit int
+	// Extra are main.cf settings applied last with "postconf -c DIR -e",
+	// so they override everything above.
+	Extra map[string]string
+}
+
+// Postfix is a running private Postfix instance that receives mail.
+type Postfix struct {
+	// SMTPAddr is the plain SMTP listener (STARTTLS offered unless NoTLS).
+	SMTPAddr string
+	// SMTPSAddr is the implicit TLS (wrapper mode, "SMTPS") listener.
+	SMTPSAddr string
+	// Host is the listeners' IP address, 127.0.0.1.
+	Host string
+	// SMTPPort and SMTPSPort are the listeners' ports.
+	SMTPPort, SMTPSPort int
+	// Hostname is the instance's myhostname.
+	Hostname string
+	// CA is the CA that issued Leaf.
+	CA *CA
+	// Leaf is the server certificate, for "localhost", "127.0.0.1" and
+	// Hostname.
+	Leaf *Leaf
+	// Dir is the instance directory; ConfigDir holds main.cf and master.cf.
+	Dir, ConfigDir string
+	// MailDir is the maildir that receives mail when Mailbox is set.
+	MailDir string
+
+	maillog string
+	proc    *proc
+}
+
+// StartPostfix starts a private Postfix instance: its own configuration,
+// queue, data and log directories, its master process in the foreground,
+// and two loopback listeners. It waits until both listeners greet. It is
+// stopped and its files removed when the test ends.
+//
+// How it is run, and why:
+//   - The queue directories are made in Go with the owners and modes of
+//     postfix-files(5) ("postfix check" does it too, but takes 2 s); then
+//     "master -c DIR -d" runs in the foreground so the exec.Cmd owns the
+//     whole instance (no "postfix start" daemon, no "postfix stop").
+//     Being root, no alternate_config_directories entry in the default
+//     main.cf is needed (Postfix checks that only for non-root callers),
+//     and /etc/postfix/main.cf need not even exist.
+//   - Every service has chroot "n": the instance directory is not a chroot
+//     jail and need not be one.
+//   - Logs go to a file through postlogd (maillog_file and the postlog
+//     service); maillog_file_prefixes must allow the instance directory.
+//   - smtpd_relay_restrictions must be set, or smtpd dies and master
+//     throttles the service for 60 s.
+//   - virtual(8) refuses regexp maps with substitutions for
+//     virtual_mailbox_maps, so with Mailbox every recipient goes to one
+//     maildir (a static map); tell the copies apart by Delivered-To.
+//   - Changes to main.cf are only read by new processes: use Extra rather
+//     than editing after the start.
+//   - Postfix re-reads main.cf every 300 ms until the file is about two
+//     seconds old (a guard against half-written files), so the
+//     configuration files are backdated before the start; otherwise every
+//     start costs two seconds.
+//   - master calls setsid() and dies ("unable to set session id") if that
+//     fails while it is not already a session leader, which is why every
+//     peer is started with Setsid rather than Setpgid.
+//   - It is stopped with SIGKILL to its process group at once; on SIGTERM
+//     master takes more than a second.
+//   - No DNS: smtpd_peername_lookup = no and smtp_dns_support_level =
+//     disabled, since /etc/resolv.conf here points at nothing.
+func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
+	t.Helper()
+	Need(t, "postfix", "postconf")
+	if o.CA == nil {
+		o.CA = NewCA(t, "peertest postfix CA")
+	}
+	if o.Hostname == "" {
+		o.Hostname = "mx.example.test"
+	}
+	if len(o.Domains) == 0 {
+		o.Domains = []string{"example.test"}
+	}
+	dir := instanceDir(t, "postfix")
+	p := &Postfix{
+		Host:      "127.0.0.1",
+		SMTPPort:  FreePort(t),
+		SMTPSPort: FreePort(t),
+		Hostname:  o.Hostname,
+		CA:        o.CA,
+		Leaf:      o.CA.Issue(t, "localhost", "127.0.0.1", o.Hostname),
+		Dir:       dir,
+		ConfigDir: filepath.Join(dir, "conf"),
+		MailDir:   filepath.Join(dir, "mail", "Maildir"),
+	}
+	p.SMTPAddr = net.JoinHostPort(p.Host, strconv.Itoa(p.SMTPPort))
+	p.SMTPSAddr = net.JoinHostPort(p.Host, strconv.Itoa(p.SMTPSPort))
+	p.maillog = filepath.Join(dir, "log", "maillog")
+
+	mkdirs(t, "", p.ConfigDir, filepath.Join(dir, "spool"), filepath.Join(dir, "log"))
+	mkdirs(t, "postfix", filepath.Join(dir, "data"))
+	mkdirs(t, "nobody", filepath.Join(dir, "mail"))
+	nobodyUID, nobodyGID := lookupUser(t, "nobody")
+
+	tlsLevel := "may"
+	if o.NoTLS {
+		tlsLevel = "none"
+	}
+	domains := strings.Join(o.Domains, ", ")
+	mainCF := []string{
+		"compatibility_level = 3.6",
+		"queue_directory = " + filepath.Join(dir, "spool"),
+		"data_directory = " + filepath.Join(dir, "data"),
+		"maillog_file = " + p.maillog,
+		"maillog_file_prefixes = " + dir,
+		"inet_interfaces = loopback-only",
+		"inet_protocols = all",
+		"myhostname = " + o.Hostname,
+		"mydomain = " + o.Domains[0],
+		"myorigin = $myhostname",
+		"mynetworks = 127.0.0.0/8 [::1]/128",
+		"alias_maps =",
+		"alias_database =",
+		"local_recipient_maps =",
+		"local_transport = discard:",
+		"default_transport = discard:",
+		"relay_transport = discard:",
+		// Loopback clients are in mynetworks but get no relay right:
+		// only our domains are accepted, like a real MX.
+		"smtpd_relay_restrictions = reject_unauth_destination",
+		"smtpd_tls_chain_files = " + p.Leaf.KeyFile + ", " + p.Leaf.ChainFile,
+		"smtpd_tls_security_level = " + tlsLevel,
+		"smtpd_tls_received_header = yes",
+		"smtputf8_enable = yes",
+		"in_flow_delay = 0",
+		"biff = no",
+		// No lookups of the client's name in DNS: /etc/resolv.conf here
+		// points at a resolver that answers nothing, and each lookup would
+		// wait for its timeout.
+		"smtpd_peername_lookup = no",
+		"smtp_dns_support_level = disabled",
+		// Postfix refuses to start when a mailbox limit is below
+		// message_size_limit: no mailbox limits, whatever that is.
+		"virtual_mailbox_limit = 0",
+		"mailbox_size_limit = 0",
+	}
+	if o.Mailbox {
+		mainCF = append(mainCF,
+			"mydestination =",
+			"virtual_mailbox_domains = "+domains,
+			"virtual_mailbox_base = "+filepath.Join(dir, "mail"),
+			"virtual_mailbox_maps = static:Maildir/",
+			fmt.Sprintf("virtual_uid_maps = static:%d", nobodyUID),
+			fmt.Sprintf("virtual_gid_maps = static:%d", nobodyGID),
+			"virtual_minimum_uid = 1",
+		)
+	} else {
+		mainCF = append(mainCF, "mydestination = "+domains)
+	}
+	if o.MessageSizeLimit > 0 {
+		mainCF = append(mainCF, "message_size_limit = "+strconv.Itoa(o.MessageSizeLimit))
+	}
+	writeFile(t, filepath.Join(p.ConfigDir, "main.cf"), []byte(strings.Join(mainCF, "\n")+"\n"))
+
+	masterCF := fmt.Sprintf(`# service type  private unpriv  chroot  wakeup  maxproc command
+%s inet n - n - - smtpd
+%s inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+`, p.SMTPAddr, p.SMTPSAddr)
+	writeFile(t, filepath.Join(p.ConfigDir, "master.cf"), []byte(masterCF))
+
+	// Postfix programs (master, postconf too) wait, in steps of 300 ms,
+	// until main.cf is about two seconds old before they trust it not to
+	// be half written: backdate the configuration files after each write,
+	// or every start costs two seconds.
+	backdate(t, p.ConfigDir)
+	postconf := bin(t, "postconf")
+	if len(o.Extra) > 0 {
+		keys := make([]string, 0, len(o.Extra))
+		for k := range o.Extra {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		args := []string{postconf, "-c", p.ConfigDir, "-e"}
+		for _, k := range keys {
+			args = append(args, k+"="+o.Extra[k])
+		}
+		run(t, 10*time.Second, nil, args...)
+		backdate(t, p.ConfigDir)
+	}
+	// master is not on PATH: ask Postfix where its daemons are (and do not
+	// pick some other program called "master" from PATH).
+	daemonDir := strings.TrimSpace(string(run(t, 10*time.Second, nil, postconf, "-c", p.ConfigDir, "-h", "daemon_directory")))
+	master := filepath.Join(daemonDir, "master")
+	Need(t, master)
+
+	// The queue directories, made here as postfix-files(5) lists them.
+	// "postfix check" would do the same, but its post-install script
+	// spawns a few hundred processes and takes about 2 s per instance.
+	makeQueueDirs(t, filepath.Join(dir, "spool"))
+
+	// Stopped with SIGKILL at once: on SIGTERM master signals its group
+	// and takes more than a second to exit, and a test's receiver has
+	// nothing worth a clean shutdown.
+	p.proc = startProc(t, "postfix "+p.SMTPAddr, filepath.Join(dir, "log", "master.out"), 0,
+		[]string{p.maillog}, []string{"MAIL_CONFIG=" + p.ConfigDir},
+		master, "-c", p.ConfigDir, "-d")
+
+	p.proc.waitReady(t, func(ctx context.Context) error {
+		if err := readBanner(ctx, "", p.SMTPAddr); err != nil {
+			return fmt.Errorf("%s: %w", p.SMTPAddr, err)
+		}
+		return p.checkSMTPS(ctx)
+	})
+	return p
+}
+
+// backdate sets the modification time of every file in dir one minute back.
+func backdate(t testing.TB, dir string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("peertest: %v", err)
+	}
+	old := time.Now().Add(-time.Minute)
+	for _, e := range ents {
+		if err := os.Chtimes(filepath.Join(dir, e.Name()), old, old); err != nil {
+			t.Fatalf("peertest: %v", err)
+		}
+	}
+}
+
+// makeQueueDirs makes a Postfix queue directory tree with the owners and
+// modes of Debian's /etc/postfix/postfix-files ($mail_owner = postfix,
+// $setgid_group = postdrop).
+func makeQueueDirs(t testing.TB, spool string) {
+	t.Helper()
+	uid, _ := lookupUser(t, "postfix")
+	g, err := user.LookupGroup("postdrop")
+	if err != nil {
+		t.Fatalf("peertest: group postdrop: %v", err)
+	}
+	postdrop, _ := strconv.Atoi(g.Gid)
+	dirs := []struct {
+		name     string
+		uid, gid int
+		mode     os.FileMode
+	}{
+		{"active", uid, 0, 0o700}, {"bounce", uid, 0, 0o700}, {"corrupt", uid, 0, 0o700},
+		{"defer", uid, 0, 0o700}, {"deferred", uid, 0, 0o700}, {"flush", uid, 0, 0o700},
+		{"hold", uid, 0, 0o700}, {"incoming", uid, 0, 0o700}, {"private", uid, 0, 0o700},
+		{"saved", uid, 0, 0o700}, {"trace", uid, 0, 0o700},
+		{"maildrop", uid, postdrop, 0o730}, {"public", uid, postdrop, 0o710},
+		{"pid", 0, 0, 0o755},
+	}
+	for _, d := range dirs {
+		p := filepath.Join(spool, d.name)
+		if err := os.Mkdir(p, d.mode); err != nil {
+			t.Fatalf("peertest: %v", err)
+		}
+		// Mkdir's mode is filtered by the umask: set it exactly.
+		if err := os.Chmod(p, d.mode); err != nil {
+			t.Fatalf("peertest: %v", err)
+		}
+		if err := os.Chown(p, d.uid, d.gid); err != nil {
+			t.Fatalf("peertest: %v", err)
+		}
+	}
+}
+
+// checkSMTPS does a verified TLS handshake with the implicit TLS listener
+// and reads the greeting.
+func (p *Postfix) checkSMTPS(ctx context.Context) error {
+	d := tls.Dialer{Config: &tls.Config{RootCAs: p.CA.Pool(), ServerName: "localhost"}}
+	c, err := d.DialContext(ctx, "tcp", p.SMTPSAddr)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.SMTPSAddr, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.SMTPSAddr, err)
+	}
+	if !strings.HasPrefix(string(buf[:n]), "220") {
+		return fmt.Errorf("%s: banner %q", p.SMTPSAddr, buf[:n])
+	}
+	_, _ = c.Write([]byte("QUIT\r\n"))
+	return nil
+}
+
+// Log returns the instance's maillog.
+func (p *Postfix) Log() string { return readFile(p.maillog) }
+
+// Messages returns the messages stored in the maildir so far (only with
+// Mailbox), oldest first. Each is the file as virtual(8) wrote it:
+// Return-Path, X-Original-To, Delivered-To and Received headers added in
+// front of the message as received, with LF line endings. One copy is
+// stored per recipient.
+func (p *Postfix) Messages(t testing.TB) [][]byte {
+	t.Helper()
+	msgs, err := readMaildir(p.MailDir)
+	if err != nil {
+		t.Fatalf("peertest: %v", err)
+	}
+	return msgs
+}
+
+// WaitMessages waits until the maildir holds at least n messages and
+// returns them all. Delivery is asynchronous (queue manager, then
+// virtual(8)), so a test must wait after the client's final 250. It fails
+// the test with the maillog after timeout.
+func (p *Postfix) WaitMessages(t testing.TB, n int, timeout time.Duration) [][]byte {
+	t.Helper()
+	return waitMaildir(t, p.MailDir, n, timeout, p.proc)
+}
+
+// readMaildir reads the messages in a maildir's new and cur folders, oldest
+// first (by modification time, then name). A missing maildir has none.
+func readMaildir(md string) ([][]byte, error) {
+	type entry struct {
+		path string
+		mod  time.Time
+	}
+	var files []entry
+	for _, sub := range []string{"new", "cur"} {
+		ents, err := os.ReadDir(filepath.Join(md, sub))
+		if os.IsNotExist(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range ents {
+			info, err := e.Info()
+			if err != nil || !info.Mode().IsRegular() {
+				continue
+			}
+			files = append(files, entry{filepath.Join(md, sub, e.Name()), info.ModTime()})
+		}
+	}
+	sort.Slice(files, func(i, j int) bool {
+		if !files[i].mod.Equal(files[j].mod) {
+			return files[i].mod.Before(files[j].mod)
+		}
+		return files[i].path < files[j].path
+	})
+	msgs := make([][]byte, 0, len(files))
+	for _, f := range files {
+		b, err := os.ReadFile(f.path)
+		if err != nil {
+			return nil, err
+		}
+		msgs = append(msgs, b)
+	}
+	return msgs, nil
+}
+
+// waitMaildir polls a maildir until it holds at least n messages. Maildir
+// delivery writes into tmp and renames into new, so what is in new is whole.
+func waitMaildir(t testing.TB, md string, n int, timeout time.Duration, p *proc) [][]byte {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msgs, err := readMaildir(md)
+		if err != nil {
+			t.Fatalf("peertest: %v", err)
+		}
+		if len(msgs) >= n {
+			return msgs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("peertest: %s: %d of %d messages after %v\n%s", md, len(msgs), n, timeout, p.logText())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

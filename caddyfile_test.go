@@ -96,6 +96,10 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad bool", "smtp {\n\ttls {\n\t\tallow_invalid_certs yes\n\t}\n}", ":4", `"yes" is not true or false`},
 		{"bad limit", "smtp {\n\tlimits {\n\t\tmx many\n\t}\n}", ":4", "not a whole number"},
 		{"option twice", "smtp {\n}\n\tsmtp {\n}", ":", "given twice"},
+		{"resolver unknown option", "smtp {\n\tresolver {\n\t\tretries 3\n\t}\n}", ":4", `unknown resolver option "retries"`},
+		{"resolver bad timeout", "smtp {\n\tresolver {\n\t\ttimeout soon\n\t}\n}", ":4", "not a duration"},
+		{"resolver cache option", "smtp {\n\tresolver {\n\t\tcache {\n\t\t\tentries 5\n\t\t}\n\t}\n}", ":5", `unknown resolver cache option "entries"`},
+		{"resolver twice", "smtp {\n\tresolver system\n\tresolver system\n}", ":4", "resolver is given twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

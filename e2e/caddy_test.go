@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,7 +115,7 @@ func TestRunAndReload(t *testing.T) {
 	cfgPath := filepath.Join(t.TempDir(), "Caddyfile")
 	require.NoError(t, os.WriteFile(cfgPath, []byte(body), 0o644))
 
-	var logs bytes.Buffer
+	var logs lockedBuffer
 	cmd := exec.Command(caddyBin, "run", "--config", cfgPath)
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(os.Environ(), "HOME="+cmd.Dir, "XDG_DATA_HOME="+cmd.Dir, "XDG_CONFIG_HOME="+cmd.Dir)
@@ -199,4 +200,22 @@ func TestRunAndReload(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("caddy did not exit within 15s of /stop")
 	}
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

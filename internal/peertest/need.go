@@ -36,6 +36,9 @@ var packageOf = map[string]string{
 	"nft":           "nftables",
 	"nsd":           "nsd",
 	"ldns-signzone": "ldnsutils",
+	"ldns-keygen":   "ldnsutils",
+	"ldns-key2ds":   "ldnsutils",
+	"nsd-checkconf": "nsd",
 	"openssl":       "openssl",
 }
 

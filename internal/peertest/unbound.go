@@ -28,6 +28,20 @@ type UnboundOptions struct {
 	// Extra are raw lines added to the "server:" clause, for example
 	// "cache-max-ttl: 5" or "val-log-level: 2".
 	Extra []string
+	// Stubs are more zones, served elsewhere than Knot (such as a
+	// BogusZone, or a dead address for a zone that cannot be resolved).
+	Stubs []Stub
+}
+
+// Stub is a zone unbound resolves at an address other than Knot's.
+type Stub struct {
+	// Zone is the zone's apex.
+	Zone string
+	// Addr is the server, "IP:port".
+	Addr string
+	// TrustAnchor is the zone's DS record, or "" for an unanchored
+	// (insecure) zone.
+	TrustAnchor string
 }
 
 // Unbound is a running unbound validating resolver.
@@ -122,6 +136,12 @@ server:
 	for _, z := range zones {
 		fmt.Fprintf(&b, "  local-zone: \"%s.\" transparent\n", canonicalZone(z))
 	}
+	for _, st := range o.Stubs {
+		fmt.Fprintf(&b, "  local-zone: \"%s.\" transparent\n", canonicalZone(st.Zone))
+		if st.TrustAnchor != "" {
+			anchors = append(anchors, st.TrustAnchor)
+		}
+	}
 	for _, a := range anchors {
 		fmt.Fprintf(&b, "  trust-anchor: \"%s\"\n", a)
 	}
@@ -130,6 +150,13 @@ server:
 	}
 	for _, z := range zones {
 		fmt.Fprintf(&b, "stub-zone:\n  name: \"%s.\"\n  stub-addr: %s@%d\n", canonicalZone(z), o.Knot.Host, o.Knot.Port)
+	}
+	for _, st := range o.Stubs {
+		host, port, err := net.SplitHostPort(st.Addr)
+		if err != nil {
+			t.Fatalf("peertest: stub %s: %v", st.Zone, err)
+		}
+		fmt.Fprintf(&b, "stub-zone:\n  name: \"%s.\"\n  stub-addr: %s@%s\n", canonicalZone(st.Zone), host, port)
 	}
 	b.WriteString("remote-control:\n  control-enable: no\n")
 	writeFile(t, u.ConfigFile, []byte(b.String()))

@@ -61,7 +61,7 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16, cd b
 			}
 			last, lastSrv = resp, srv
 			r.logger().Warn("dns server failed a query",
-				zap.String("name", name),
+				zap.String("name", trimDot(name)),
 				zap.String("type", dns.TypeToString[qtype]),
 				zap.String("server", srv.String()),
 				zap.String("rcode", dns.RcodeToString[resp.Rcode]))
@@ -69,7 +69,7 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16, cd b
 	}
 	if last == nil {
 		r.logger().Warn("dns query got no answer",
-			zap.String("name", name),
+			zap.String("name", trimDot(name)),
 			zap.String("type", dns.TypeToString[qtype]),
 			zap.String("server", lastSrv.String()),
 			zap.Error(lastErr))
@@ -104,7 +104,7 @@ func (r *Resolver) askOnce(ctx context.Context, proto string, srv server, q *dns
 	c := &dns.Client{Net: proto, Timeout: r.s.timeout, UDPSize: ednsSize}
 	if proto == "tls" {
 		c.Net = "tcp-tls"
-		c.TLSConfig = &tls.Config{ServerName: srv.serverName, MinVersion: tls.VersionTLS12}
+		c.TLSConfig = &tls.Config{ServerName: srv.serverName, MinVersion: tls.VersionTLS12, RootCAs: r.rootCAs}
 	}
 	metricQuery(q.Question[0].Qtype, proto)
 	resp, _, err := c.ExchangeContext(ctx, q, srv.addr)

@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"sync/atomic"
@@ -19,6 +20,8 @@ type Resolver struct {
 	group singleflight.Group
 	next  atomic.Uint32 // round robin over servers
 	log   atomic.Pointer[zap.Logger]
+	// rootCAs verifies DNS-over-TLS servers; nil is the system's roots.
+	rootCAs *x509.CertPool
 }
 
 // New returns a resolver for cfg, unshared. path is the config key, for

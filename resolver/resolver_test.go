@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/seed7b014b84/caddy-smtp/internal/peertest"
 )
@@ -26,6 +28,7 @@ import (
 type lab struct {
 	knot    *peertest.Knot
 	unbound *peertest.Unbound
+	ca      *peertest.CA
 }
 
 func bigTXT() string {
@@ -66,11 +69,13 @@ mx A 127.0.0.40
 	bogus := peertest.StartBogusZone(t, "bogus.test", "@ MX 10 mx\nmx A 127.0.0.50\n")
 	// lame.test is delegated to Knot, which does not serve it: unbound
 	// gets REFUSED from its only server and answers SERVFAIL.
+	ca := peertest.NewCA(t, "resolver test CA")
 	unbound := peertest.StartUnbound(t, peertest.UnboundOptions{
 		Knot:  knot,
 		Stubs: []peertest.Stub{bogus.Stub(), {Zone: "lame.test", Addr: knot.Addr}},
+		TLS:   ca.Issue(t, "dns.lab.test"),
 	})
-	return &lab{knot: knot, unbound: unbound}
+	return &lab{knot: knot, unbound: unbound, ca: ca}
 }
 
 func (l *lab) resolver(t testing.TB, cfg Config) *Resolver {
@@ -193,6 +198,37 @@ func TestAgainstKnotAndUnbound(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, Insecure, mx.Security)
 		assert.Len(t, mx.Hosts, 3)
+	})
+	t.Run("DNS over TLS", func(t *testing.T) {
+		r := l.resolver(t, Config{Servers: []string{"tls://" + l.unbound.TLSAddr + "#dns.lab.test"}})
+		r.rootCAs = l.ca.Pool()
+		require.True(t, r.TrustsAD())
+		before := testutil.ToFloat64(queries.WithLabelValues("MX", "tls"))
+		mx, err := r.LookupMX(ctx, "example.test")
+		require.NoError(t, err)
+		assert.Equal(t, Secure, mx.Security)
+		assert.Len(t, mx.Hosts, 3)
+		assert.Equal(t, before+1, testutil.ToFloat64(queries.WithLabelValues("MX", "tls")))
+
+		wrong := l.resolver(t, Config{Servers: []string{"tls://" + l.unbound.TLSAddr + "#other.lab.test"}, Attempts: 1})
+		wrong.rootCAs = l.ca.Pool()
+		_, err = wrong.LookupMX(ctx, "example.test")
+		require.Error(t, err)
+		assert.True(t, IsTemporary(err))
+		assert.Contains(t, err.Error(), "certificate")
+	})
+	t.Run("failures are logged with server and rcode", func(t *testing.T) {
+		core, logs := observer.New(zap.WarnLevel)
+		r := l.resolver(t, Config{Attempts: 1})
+		r.SetLogger(zap.New(core))
+		_, err := r.LookupMX(ctx, "lame.test")
+		require.ErrorIs(t, err, ErrServFail)
+		entries := logs.FilterMessage("dns server failed a query").All()
+		require.NotEmpty(t, entries)
+		fields := entries[0].ContextMap()
+		assert.Equal(t, "udp://"+l.unbound.Addr, fields["server"])
+		assert.Equal(t, "SERVFAIL", fields["rcode"])
+		assert.Equal(t, "lame.test", fields["name"])
 	})
 	t.Run("TTL expiry observed", func(t *testing.T) {
 		ip, err := r.LookupA(ctx, "short.example.test")

@@ -31,6 +31,9 @@ type UnboundOptions struct {
 	// Stubs are more zones, served elsewhere than Knot (such as a
 	// BogusZone, or a dead address for a zone that cannot be resolved).
 	Stubs []Stub
+	// TLS, when set, makes unbound also serve DNS over TLS (RFC 7858) on
+	// TLSAddr with this certificate.
+	TLS *Leaf
 }
 
 // Stub is a zone unbound resolves at an address other than Knot's.
@@ -52,6 +55,9 @@ type Unbound struct {
 	Host string
 	// Port is the resolver's port.
 	Port int
+	// TLSAddr is where it serves DNS over TLS ("127.0.0.1:port"), when
+	// UnboundOptions.TLS is set.
+	TLSAddr string
 	// Dir is the instance directory; ConfigFile is its unbound.conf.
 	Dir, ConfigFile string
 
@@ -135,6 +141,12 @@ server:
 `, u.Port, dir, u.log)
 	for _, z := range zones {
 		fmt.Fprintf(&b, "  local-zone: \"%s.\" transparent\n", canonicalZone(z))
+	}
+	if o.TLS != nil {
+		tlsPort := FreePort(t)
+		u.TLSAddr = net.JoinHostPort(u.Host, strconv.Itoa(tlsPort))
+		fmt.Fprintf(&b, "  interface: 127.0.0.1@%d\n  tls-port: %d\n  tls-service-key: \"%s\"\n  tls-service-pem: \"%s\"\n",
+			tlsPort, tlsPort, o.TLS.KeyFile, o.TLS.ChainFile)
 	}
 	for _, st := range o.Stubs {
 		fmt.Fprintf(&b, "  local-zone: \"%s.\" transparent\n", canonicalZone(st.Zone))

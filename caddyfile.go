@@ -51,6 +51,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		}
 //		list <name> <entry>...
 //		ip_strategy ipv4_only|ipv6_only|ipv6_then_ipv4|ipv4_then_ipv6
+//		fallback_delay <duration>|off
 //		source_ip {
 //			v4 <address>...
 //			v6 <address>...
@@ -89,6 +90,13 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //
 // A list's entries may also be given one or more per line in a block
 // (`list domains { ... }`), and auth as a block with `username` and `secret`.
+// Source addresses may be given one per line in a block, each with its own
+// EHLO name:
+//
+//	v4 {
+//		192.0.2.10 ehlo out1.example.org
+//		192.0.2.11 ehlo out2.example.org
+//	}
 //
 // Every setting that takes a value (hostname, next_hop, ip_strategy,
 // source_ip's v4 and v6, the limits, the timeouts and the tls settings) may
@@ -126,6 +134,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = a.parseList(d)
 		case "ip_strategy":
 			a.IPStrategy, err = parseSetting(d, p, once(&a.IPStrategy), parseIPStrategy)
+		case "fallback_delay":
+			a.FallbackDelay, err = parseSetting(d, p, once(&a.FallbackDelay), parseDelay)
 		case "source_ip":
 			if a.SourceIP == nil {
 				a.SourceIP = new(SourceIP)
@@ -152,7 +162,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.Resolver, err = parseResolver(d)
 		default:
-			return d.Errf("unknown smtp option %q (known: hostname, next_hop, remote, list, ip_strategy, source_ip, limits, timeouts, tls, resolver)", d.Val())
+			return d.Errf("unknown smtp option %q (known: hostname, next_hop, remote, list, ip_strategy, fallback_delay, source_ip, limits, timeouts, tls, resolver)", d.Val())
 		}
 		if err != nil {
 			return err
@@ -306,9 +316,9 @@ func parseSourceIP(d *caddyfile.Dispenser, p *ruleParser, s *SourceIP) error {
 		var err error
 		switch d.Val() {
 		case "v4":
-			s.V4, err = parseSetting(d, p, once(&s.V4), sourcesParser(false))
+			s.V4, err = parseSettingOrBlock(d, p, once(&s.V4), sourcesParser(false), sourcesBlock(false))
 		case "v6":
-			s.V6, err = parseSetting(d, p, once(&s.V6), sourcesParser(true))
+			s.V6, err = parseSettingOrBlock(d, p, once(&s.V6), sourcesParser(true), sourcesBlock(true))
 		default:
 			return d.Errf("unknown source_ip option %q (known: v4, v6)", d.Val())
 		}
@@ -411,6 +421,17 @@ type valueParser[T any] func(d *caddyfile.Dispenser, args []string) (T, error)
 // parseSetting reads the setting whose name d is on: a value from the rest
 // of the line, or a rule block.
 func parseSetting[T any](d *caddyfile.Dispenser, p *ruleParser, unset bool, parse valueParser[T]) (rules.Setting[T], error) {
+	return parseSettingOrBlock(d, p, unset, parse, nil)
+}
+
+// blockParser reads a value given as a block (its lines), for a setting
+// whose block is not a rule list (its first line starts with neither if
+// nor else). d is on the block's first token.
+type blockParser[T any] func(d *caddyfile.Dispenser, nesting int) (T, error)
+
+// parseSettingOrBlock is parseSetting for a setting that may also take its
+// value as a block.
+func parseSettingOrBlock[T any](d *caddyfile.Dispenser, p *ruleParser, unset bool, parse valueParser[T], block blockParser[T]) (rules.Setting[T], error) {
 	name := d.Val()
 	if !unset {
 		return rules.Setting[T]{}, d.Errf("%s is given twice", name)
@@ -426,6 +447,13 @@ func parseSetting[T any](d *caddyfile.Dispenser, p *ruleParser, unset bool, pars
 	}
 	if len(args) > 0 {
 		return rules.Setting[T]{}, d.Errf("%s takes a value or a rule block, not both", name)
+	}
+	if block != nil && d.Val() != "if" && d.Val() != "else" {
+		v, err := block(d, nesting)
+		if err != nil {
+			return rules.Setting[T]{}, err
+		}
+		return rules.Plain(v), nil
 	}
 	if p.err != nil {
 		return rules.Setting[T]{}, d.WrapErr(p.err)
@@ -576,9 +604,45 @@ func parseBool(d *caddyfile.Dispenser, args []string) (bool, error) {
 	return false, d.ArgErr()
 }
 
-func sourcesParser(v6 bool) valueParser[[]SourceAddr] {
-	return func(d *caddyfile.Dispenser, args []string) ([]SourceAddr, error) {
-		out := make([]SourceAddr, 0, len(args))
+func parseDelay(d *caddyfile.Dispenser, args []string) (strategy.Delay, error) {
+	if len(args) != 1 {
+		return 0, d.ArgErr()
+	}
+	v, err := strategy.ParseDelay(args[0])
+	if err != nil {
+		return 0, d.WrapErr(err)
+	}
+	return v, nil
+}
+
+// sourcesBlock reads source addresses one per line: <address> [ehlo <name>].
+func sourcesBlock(v6 bool) blockParser[[]strategy.Source] {
+	parse := sourcesParser(v6)
+	return func(d *caddyfile.Dispenser, nesting int) ([]strategy.Source, error) {
+		var out []strategy.Source
+		for {
+			line := append([]string{d.Val()}, d.RemainingArgs()...)
+			src, err := parse(d, line[:1])
+			if err != nil {
+				return nil, err
+			}
+			switch {
+			case len(line) == 3 && line[1] == "ehlo":
+				src[0].EHLO = line[2]
+			case len(line) != 1:
+				return nil, d.Err("a source line is <address> [ehlo <name>]")
+			}
+			out = append(out, src[0])
+			if !d.NextBlock(nesting) {
+				return out, nil
+			}
+		}
+	}
+}
+
+func sourcesParser(v6 bool) valueParser[[]strategy.Source] {
+	return func(d *caddyfile.Dispenser, args []string) ([]strategy.Source, error) {
+		out := make([]strategy.Source, 0, len(args))
 		for _, a := range args {
 			ip, err := netip.ParseAddr(a)
 			if err != nil {
@@ -587,7 +651,7 @@ func sourcesParser(v6 bool) valueParser[[]SourceAddr] {
 			if ip.Is4() == v6 || ip.Is4In6() {
 				return nil, d.Errf("%s is not an %s address", a, map[bool]string{false: "IPv4", true: "IPv6"}[v6])
 			}
-			out = append(out, SourceAddr{Address: a})
+			out = append(out, strategy.Source{Address: a})
 		}
 		return out, nil
 	}

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/seed7b014b84/caddy-smtp/rules"
+	"github.com/seed7b014b84/caddy-smtp/strategy"
 	"github.com/seed7b014b84/caddy-smtp/transport"
 )
 
@@ -106,51 +106,11 @@ type RemoteAuth struct {
 type SourceIP struct {
 	// V4 lists the IPv4 source addresses; each new IPv4 connection uses one
 	// of them at random. Default: none (the kernel chooses).
-	V4 rules.Setting[[]SourceAddr] `json:"v4,omitzero"`
+	V4 rules.Setting[[]strategy.Source] `json:"v4,omitzero"`
 
 	// V6 lists the IPv6 source addresses; each new IPv6 connection uses one
 	// of them at random. Default: none (the kernel chooses).
-	V6 rules.Setting[[]SourceAddr] `json:"v6,omitzero"`
-}
-
-// SourceAddr is one local address to send from. Its JSON form is the
-// address as a string, or {"address": ADDR, "ehlo": NAME} to give that
-// address its own EHLO name (receivers check that the EHLO name matches the
-// address's PTR record).
-type SourceAddr struct {
-	// Address is a local IP address.
-	Address string `json:"address"`
-
-	// EHLO is the name to greet with from this address. Default: the app's
-	// hostname.
-	EHLO string `json:"ehlo,omitempty"`
-}
-
-// UnmarshalJSON reads an address string or an {address, ehlo} object.
-func (s *SourceAddr) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
-	if len(b) > 0 && b[0] == '"' {
-		*s = SourceAddr{}
-		return json.Unmarshal(b, &s.Address)
-	}
-	type plain SourceAddr
-	var p plain
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
-		return fmt.Errorf("a source address is a string or {\"address\", \"ehlo\"}: %s", strings.TrimPrefix(err.Error(), "json: "))
-	}
-	*s = SourceAddr(p)
-	return nil
-}
-
-// MarshalJSON writes a plain string when there is no EHLO name.
-func (s SourceAddr) MarshalJSON() ([]byte, error) {
-	if s.EHLO == "" {
-		return json.Marshal(s.Address)
-	}
-	type plain SourceAddr
-	return json.Marshal(plain(s))
+	V6 rules.Setting[[]strategy.Source] `json:"v6,omitzero"`
 }
 
 // Limits bound how much of a destination one delivery attempt tries.

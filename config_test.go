@@ -54,6 +54,10 @@ func TestDefaults(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, strategy.IPv4ThenIPv6, ips)
 
+	fd, err := app.FallbackDelay.Eval(v)
+	require.NoError(t, err)
+	assert.Equal(t, 250*time.Millisecond, time.Duration(fd))
+
 	mx, _ := app.Limits.MX.Eval(v)
 	multi, _ := app.Limits.Multihomed.Eval(v)
 	assert.Equal(t, 7, mx)
@@ -122,11 +126,11 @@ func TestRuleListsEvaluate(t *testing.T) {
 		hop      NextHop
 		strategy strategy.IPStrategy
 		data     time.Duration
-		sources  []SourceAddr
+		sources  []strategy.Source
 	}{
-		{"first attempt, local domain", rules.Vars{RcptDomain: "foobar.net"}, "lmtp", strategy.IPv6Only, 10 * time.Minute, []SourceAddr{{Address: "127.0.0.2"}}},
+		{"first attempt, local domain", rules.Vars{RcptDomain: "foobar.net"}, "lmtp", strategy.IPv6Only, 10 * time.Minute, []strategy.Source{{Address: "127.0.0.2"}}},
 		{"retry, other domain, big", rules.Vars{RetryNum: 1, RcptDomain: "example.com", Size: 20_000_000}, MX, strategy.IPv4Only, 30 * time.Minute,
-			[]SourceAddr{{Address: "127.0.0.3"}, {Address: "127.0.0.4", EHLO: "out4.example.org"}}},
+			[]strategy.Source{{Address: "127.0.0.3"}, {Address: "127.0.0.4", EHLO: "out4.example.org"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -192,6 +196,10 @@ func TestInvalidConfigs(t *testing.T) {
 		{"CEL type mismatch", `{"hostname": [{"if": "retry_num == 'zero'", "then": "a.example"}, {"else": "b.example"}]}`, []string{"hostname[0].if", "no matching overload"}},
 		{"in_list unknown list", `{"next_hop": [{"if": "rcpt_domain", "in_list": "list/nope", "then": false}, {"else": false}]}`, []string{"next_hop[0].in_list", `no list named "nope"`}},
 		{"in_list not a variable", `{"next_hop": [{"if": "rcpt_domain == 'x'", "in_list": "d", "then": false}, {"else": false}], "lists": {"d": []}}`, []string{"next_hop[0].in_list", "must name a variable"}},
+		{"fallback_delay zero", `{"fallback_delay": "0s"}`, []string{"fallback_delay", "zero"}},
+		{"fallback_delay word", `{"fallback_delay": "never"}`, []string{"fallback_delay", "want a duration"}},
+		{"fallback_delay in rule", `{"fallback_delay": [{"if": "retry_num > 0", "then": "soon"}, {"else": "off"}]}`, []string{"fallback_delay[0].then"}},
+		{"source unknown key", `{"source_ip": {"v4": [{"address": "192.0.2.1", "helo": "a.example"}]}}`, []string{"source_ip.v4[0]", "helo"}},
 		{"bad duration", `{"timeouts": {"connect": "5 minutes"}}`, []string{"timeouts.connect", "duration"}},
 		{"zero duration", `{"timeouts": {"greeting": "0s"}}`, []string{"timeouts.greeting", "not a positive duration"}},
 		{"negative duration in rule", `{"timeouts": {"data": [{"if": "true", "then": "-1m"}, {"else": "1m"}]}}`, []string{"timeouts.data[0].then", "not a positive"}},

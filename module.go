@@ -61,6 +61,14 @@ type App struct {
 	// SourceIP lists the local addresses to send from, per family.
 	SourceIP *SourceIP `json:"source_ip,omitempty"`
 
+	// FallbackDelay is the happy-eyeballs delay (RFC 8305) of the _then_
+	// strategies: when an address has not connected within it, the next
+	// address (of the other family first) is tried beside it, and the
+	// first to connect wins. "off" (or -1) tries addresses strictly one
+	// after another, each for the whole connect timeout. Default: 250ms,
+	// RFC 8305's Connection Attempt Delay. Rule list.
+	FallbackDelay rules.Setting[strategy.Delay] `json:"fallback_delay,omitzero"`
+
 	// Limits bound how many MX hosts and addresses an attempt tries.
 	Limits *Limits `json:"limits,omitempty"`
 
@@ -167,6 +175,24 @@ func (a *App) provisionResolver() error {
 // DNS returns the app's resolver.
 func (a *App) DNS() *resolver.Resolver { return a.dns }
 
+// Planner returns a connection planner that follows the app's settings
+// and resolves with its resolver.
+func (a *App) Planner() *strategy.Planner {
+	return &strategy.Planner{
+		DNS: a.dns,
+		Settings: strategy.Settings{
+			Hostname:      &a.Hostname,
+			IPStrategy:    &a.IPStrategy,
+			MX:            &a.Limits.MX,
+			Multihomed:    &a.Limits.Multihomed,
+			SourcesV4:     &a.SourceIP.V4,
+			SourcesV6:     &a.SourceIP.V6,
+			Connect:       &a.Timeouts.Connect,
+			FallbackDelay: &a.FallbackDelay,
+		},
+	}
+}
+
 // Cleanup releases what the app shares with other configs (the resolver),
 // when Caddy unloads this config.
 func (a *App) Cleanup() error {
@@ -190,14 +216,15 @@ func (a *App) setDefaults() error {
 	if a.IPStrategy.IsZero() {
 		a.IPStrategy = rules.Plain(defaultIPStrategy)
 	}
+	defaultSetting(&a.FallbackDelay, strategy.Delay(strategy.DefaultFallbackDelay))
 	if a.SourceIP == nil {
 		a.SourceIP = new(SourceIP)
 	}
 	if a.SourceIP.V4.IsZero() {
-		a.SourceIP.V4 = rules.Plain([]SourceAddr{})
+		a.SourceIP.V4 = rules.Plain([]strategy.Source{})
 	}
 	if a.SourceIP.V6.IsZero() {
-		a.SourceIP.V6 = rules.Plain([]SourceAddr{})
+		a.SourceIP.V6 = rules.Plain([]strategy.Source{})
 	}
 	if a.Limits == nil {
 		a.Limits = new(Limits)
@@ -305,6 +332,7 @@ func (a *App) compileRules() error {
 		{"hostname", a.Hostname.Compile},
 		{"next_hop", a.NextHop.Compile},
 		{"ip_strategy", a.IPStrategy.Compile},
+		{"fallback_delay", a.FallbackDelay.Compile},
 		{"source_ip.v4", a.SourceIP.V4.Compile},
 		{"source_ip.v6", a.SourceIP.V6.Compile},
 		{"limits.mx", a.Limits.MX.Compile},

@@ -56,10 +56,16 @@ func (a *App) Validate() error {
 		}
 		return nil
 	}))
-	add(a.SourceIP.V4.Each("source_ip.v4", func(path string, addrs *[]SourceAddr) error {
+	add(a.FallbackDelay.Each("fallback_delay", func(path string, d *strategy.Delay) error {
+		if *d == 0 {
+			return fmt.Errorf("%s: zero would start every address at once; give a duration such as 250ms, or off", path)
+		}
+		return nil
+	}))
+	add(a.SourceIP.V4.Each("source_ip.v4", func(path string, addrs *[]strategy.Source) error {
 		return checkSources(path, *addrs, false)
 	}))
-	add(a.SourceIP.V6.Each("source_ip.v6", func(path string, addrs *[]SourceAddr) error {
+	add(a.SourceIP.V6.Each("source_ip.v6", func(path string, addrs *[]strategy.Source) error {
 		return checkSources(path, *addrs, true)
 	}))
 	add(a.Limits.MX.Each("limits.mx", atLeastOne))
@@ -142,7 +148,7 @@ func checkHostname(path, h string) error {
 	return nil
 }
 
-func checkSources(path string, addrs []SourceAddr, v6 bool) error {
+func checkSources(path string, addrs []strategy.Source, v6 bool) error {
 	family, other := "IPv4", "IPv6"
 	if v6 {
 		family, other = other, family

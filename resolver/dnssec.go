@@ -1,5 +1,7 @@
 package resolver
 
+import "fmt"
+
 // Security is the DNSSEC status of an answer.
 type Security int
 
@@ -27,3 +29,18 @@ func (s Security) String() string {
 
 // MarshalText writes the status's name, for logs and JSON reports.
 func (s Security) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads a status's name.
+func (s *Security) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "secure":
+		*s = Secure
+	case "bogus":
+		*s = Bogus
+	case "insecure":
+		*s = Insecure
+	default:
+		return fmt.Errorf("unknown DNSSEC status %q", b)
+	}
+	return nil
+}

@@ -331,6 +331,8 @@ func TestPostfix(t *testing.T) {
 			ok, _ := cl.Extension(ext)
 			assert.True(t, ok, "%s not advertised", ext)
 		}
+		ok, _ := cl.Extension("AUTH")
+		assert.False(t, ok, "AUTH advertised without Users")
 		// STARTTLS verifies under the CA for each of the certificate's names.
 		require.NoError(t, cl.StartTLS(&tls.Config{RootCAs: ca.Pool(), ServerName: "mx.example.test"}))
 		st, ok := cl.TLSConnectionState()

@@ -35,6 +35,22 @@ type PostfixOptions struct {
 	// MessageSizeLimit is message_size_limit in bytes; 0 keeps Postfix's
 	// default (10240000).
 	MessageSizeLimit int
+	// Users, when it holds at least one entry, turns SMTP AUTH on: both
+	// listeners offer AUTH PLAIN LOGIN and accept exactly these users
+	// (user name -> password, compared as given: case matters), checked by
+	// a private Dovecot auth service started with the instance. A client
+	// that has authenticated may then relay: mail to domains not in
+	// Domains is accepted and, like all mail here, never leaves the
+	// machine (discarded, or stored in the maildir with Mailbox). Loopback
+	// clients get no relay right without AUTH (554 5.7.1). Names and
+	// passwords must not hold ':', white space or control characters.
+	// Nil or empty: no AUTH, as before.
+	Users map[string]string
+	// AuthOnlyTLS is smtpd_tls_auth_only: AUTH is offered only after
+	// STARTTLS on SMTPAddr (and always on SMTPSAddr, which is TLS from the
+	// start). With NoTLS it means that SMTPAddr never offers AUTH. Only
+	// meaningful with Users.
+	AuthOnlyTLS bool
 	// Extra are main.cf settings applied last with "postconf -c DIR -e",
 	// so they override everything above.
 	Extra map[string]string
@@ -61,6 +77,9 @@ type Postfix struct {
 	Dir, ConfigDir string
 	// MailDir is the maildir that receives mail when Mailbox is set.
 	MailDir string
+	// SASLSocket is the UNIX socket of the Dovecot auth service that
+	// checks AUTH (smtpd_sasl_path), or "" without Users.
+	SASLSocket string
 
 	maillog string
 	proc    *proc
@@ -139,6 +158,22 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 		tlsLevel = "none"
 	}
 	domains := strings.Join(o.Domains, ", ")
+	// Loopback clients are in mynetworks but get no relay right: only our
+	// domains are accepted, like a real MX. With Users, an authenticated
+	// client may relay; permit_mynetworks must stay out, or every test
+	// client (all on loopback) could relay without AUTH.
+	relayRestrictions := "reject_unauth_destination"
+	// Mail to other domains never leaves the machine: discarded, or, for
+	// a relaying client with Mailbox, stored like the rest. virtual(8)
+	// with the static map delivers any recipient into the one maildir,
+	// whatever its domain.
+	otherTransport := "discard:"
+	if len(o.Users) > 0 {
+		relayRestrictions = "permit_sasl_authenticated, reject_unauth_destination"
+		if o.Mailbox {
+			otherTransport = "virtual:"
+		}
+	}
 	mainCF := []string{
 		"compatibility_level = 3.6",
 		"queue_directory = " + filepath.Join(dir, "spool"),
@@ -155,11 +190,9 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 		"alias_database =",
 		"local_recipient_maps =",
 		"local_transport = discard:",
-		"default_transport = discard:",
-		"relay_transport = discard:",
-		// Loopback clients are in mynetworks but get no relay right:
-		// only our domains are accepted, like a real MX.
-		"smtpd_relay_restrictions = reject_unauth_destination",
+		"default_transport = " + otherTransport,
+		"relay_transport = " + otherTransport,
+		"smtpd_relay_restrictions = " + relayRestrictions,
 		"smtpd_tls_chain_files = " + p.Leaf.KeyFile + ", " + p.Leaf.ChainFile,
 		"smtpd_tls_security_level = " + tlsLevel,
 		"smtpd_tls_received_header = yes",
@@ -191,6 +224,12 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 	}
 	if o.MessageSizeLimit > 0 {
 		mainCF = append(mainCF, "message_size_limit = "+strconv.Itoa(o.MessageSizeLimit))
+	}
+	var sasl *saslAuth
+	if len(o.Users) > 0 {
+		sasl = startSASLAuth(t, dir, o.Users)
+		p.SASLSocket = sasl.Socket
+		mainCF = append(mainCF, saslMainCF(sasl.Socket, o)...)
 	}
 	writeFile(t, filepath.Join(p.ConfigDir, "main.cf"), []byte(strings.Join(mainCF, "\n")+"\n"))
 
@@ -260,6 +299,11 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 	p.proc = startProc(t, "postfix "+p.SMTPAddr, filepath.Join(dir, "log", "master.out"), 0,
 		[]string{p.maillog}, []string{"MAIL_CONFIG=" + p.ConfigDir},
 		master, "-c", p.ConfigDir, "-d")
+	if sasl != nil {
+		// A failed AUTH is explained in the auth service's log: show it
+		// with Postfix's in failure messages.
+		p.proc.logs = append(p.proc.logs, sasl.Log)
+	}
 
 	p.proc.waitReady(t, func(ctx context.Context) error {
 		if err := readBanner(ctx, "", p.SMTPAddr); err != nil {

@@ -1,0 +1,578 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// Envelope is what a transaction carries besides the message.
+type Envelope struct {
+	// From is the envelope sender; "" is the null sender of a bounce.
+	From string
+	// To are the recipients.
+	To []Recipient
+	// Size is the message's size in bytes, when known: sent as SIZE= and
+	// checked against the server's limit before anything is sent.
+	Size int64
+	// EightBit says the body has 8-bit text (BODY=8BITMIME).
+	EightBit bool
+	// SMTPUTF8 says the message needs SMTPUTF8 (RFC 6531) even if the
+	// addresses are ASCII (UTF-8 headers). Non-ASCII addresses need it
+	// anyway.
+	SMTPUTF8 bool
+	// Ret is the DSN RET parameter, "FULL" or "HDRS", or "".
+	Ret string
+	// EnvID is the DSN ENVID parameter, or "".
+	EnvID string
+	// RequireTLS asks for REQUIRETLS (RFC 8689): the message goes only over
+	// TLS to a server that offers REQUIRETLS.
+	RequireTLS bool
+}
+
+// Recipient is one envelope recipient.
+type Recipient struct {
+	Addr string
+	// Notify is the DSN NOTIFY parameter (NEVER, or SUCCESS, FAILURE,
+	// DELAY), empty for none.
+	Notify []string
+	// ORCPT is the original recipient (DSN ORCPT), or "".
+	ORCPT string
+}
+
+// Status is a recipient's outcome.
+type Status int
+
+// The outcomes.
+const (
+	// Deferred: not delivered this time; try again later (4xx, a dropped
+	// connection, a timeout).
+	Deferred Status = iota
+	// Delivered: the server accepted the message for the recipient.
+	Delivered
+	// Failed: the server refused the recipient for good (5xx), or the
+	// message cannot be sent to it (too big, needs SMTPUTF8).
+	Failed
+)
+
+func (s Status) String() string {
+	switch s {
+	case Delivered:
+		return "delivered"
+	case Failed:
+		return "failed"
+	}
+	return "deferred"
+}
+
+// MarshalText writes the status's name.
+func (s Status) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// RcptResult is one recipient's outcome, with the reply that decided it.
+type RcptResult struct {
+	Rcpt   string `json:"rcpt"`
+	Status Status `json:"status"`
+	// Reply is the server's reply (or one made up for a refusal before
+	// sending: 552 5.3.4 for size, 553 5.6.7 for SMTPUTF8).
+	Reply Reply `json:"reply"`
+	// Err is the session error that left the recipient deferred, if any.
+	Err error `json:"-"`
+}
+
+// chunkSize is the size of a BDAT chunk; a message up to it goes in one
+// chunk, pipelined with MAIL and RCPT.
+const chunkSize = 256 * 1024
+
+// Deliver sends one message to the recipients in a single transaction, and
+// returns an outcome for every recipient, in the envelope's order. With
+// PIPELINING, MAIL, every RCPT and DATA (or, with CHUNKING, a message of up
+// to 256 KiB as BDAT ... LAST) go in one batch. The error is set when the
+// session failed part way (then the recipients not yet answered are
+// deferred, with it as their Err) and the client must not be used again.
+func (c *Client) Deliver(ctx context.Context, env *Envelope, body io.Reader) ([]RcptResult, error) {
+	if c.broken {
+		return nil, errors.New("smtp: session is closed")
+	}
+	results := make([]RcptResult, len(env.To))
+	for i, r := range env.To {
+		results[i] = RcptResult{Rcpt: r.Addr, Status: Deferred}
+	}
+	active := c.precheck(env, results)
+	if len(active) == 0 {
+		return results, nil
+	}
+	err := c.transaction(ctx, env, body, results, active)
+	if err != nil {
+		for i := range results {
+			if results[i].Status == Deferred && results[i].Reply.Code == 0 {
+				results[i].Err = err
+			}
+		}
+		c.broken = true
+		_ = c.conn.Close()
+		return results, err
+	}
+	return results, nil
+}
+
+// precheck refuses, before anything is sent, what this server cannot take:
+// a message over its SIZE, non-ASCII addresses without SMTPUTF8, REQUIRETLS
+// without TLS or without the extension. It returns the indexes of the
+// recipients still to send to.
+func (c *Client) precheck(env *Envelope, results []RcptResult) []int {
+	failAll := func(code int, enh, text string) []int {
+		for i := range results {
+			results[i].Status = Failed
+			results[i].Reply = Reply{Code: code, Enhanced: enh, Lines: []string{text}}
+		}
+		return nil
+	}
+	if limit := c.caps.Size(); limit > 0 && env.Size > limit {
+		return failAll(552, "5.3.4", fmt.Sprintf("message size %d exceeds the server's limit of %d", env.Size, limit))
+	}
+	if env.RequireTLS {
+		switch {
+		case c.tls == nil:
+			return failAll(550, "5.7.30", "REQUIRETLS: the message may not be sent without TLS")
+		case !c.caps.Has("REQUIRETLS"):
+			return failAll(550, "5.7.30", "REQUIRETLS: the server does not support REQUIRETLS")
+		}
+	}
+	utf8OK := c.caps.Has("SMTPUTF8")
+	if !utf8OK && (env.SMTPUTF8 || !isASCII(env.From)) {
+		return failAll(553, "5.6.7", "the message needs SMTPUTF8, which the server does not offer")
+	}
+	var active []int
+	for i, r := range env.To {
+		if !utf8OK && !isASCII(r.Addr) {
+			results[i].Status = Failed
+			results[i].Reply = Reply{Code: 553, Enhanced: "5.6.7", Lines: []string{"non-ASCII address, and the server does not offer SMTPUTF8"}}
+			continue
+		}
+		if strings.ContainsAny(r.Addr, "<>\r\n ") {
+			results[i].Status = Failed
+			results[i].Reply = Reply{Code: 553, Enhanced: "5.1.3", Lines: []string{"malformed recipient address"}}
+			continue
+		}
+		active = append(active, i)
+	}
+	return active
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// mailFrom builds the MAIL command with the parameters the server takes.
+func (c *Client) mailFrom(env *Envelope) string {
+	var b strings.Builder
+	b.WriteString("MAIL FROM:<")
+	b.WriteString(env.From)
+	b.WriteByte('>')
+	if c.helo {
+		return b.String()
+	}
+	if env.Size > 0 && c.caps.Has("SIZE") {
+		b.WriteString(" SIZE=")
+		b.WriteString(strconv.FormatInt(env.Size, 10))
+	}
+	if env.EightBit && c.caps.Has("8BITMIME") {
+		b.WriteString(" BODY=8BITMIME")
+	}
+	if c.caps.Has("SMTPUTF8") && (env.SMTPUTF8 || !isASCII(env.From) || anyNonASCII(env.To)) {
+		b.WriteString(" SMTPUTF8")
+	}
+	if c.caps.Has("DSN") {
+		if env.Ret != "" {
+			b.WriteString(" RET=" + env.Ret)
+		}
+		if env.EnvID != "" {
+			b.WriteString(" ENVID=" + xtext(env.EnvID))
+		}
+	}
+	if env.RequireTLS && c.caps.Has("REQUIRETLS") {
+		b.WriteString(" REQUIRETLS")
+	}
+	return b.String()
+}
+
+func anyNonASCII(rs []Recipient) bool {
+	for _, r := range rs {
+		if !isASCII(r.Addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// rcptTo builds a RCPT command.
+func (c *Client) rcptTo(r Recipient) string {
+	line := "RCPT TO:<" + r.Addr + ">"
+	if c.caps.Has("DSN") && !c.helo {
+		if len(r.Notify) > 0 {
+			line += " NOTIFY=" + strings.Join(r.Notify, ",")
+		}
+		if r.ORCPT != "" {
+			line += " ORCPT=rfc822;" + xtext(r.ORCPT)
+		}
+	}
+	return line
+}
+
+// xtext encodes s as RFC 3461's xtext.
+func xtext(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if ch < '!' || ch > '~' || ch == '+' || ch == '=' {
+			fmt.Fprintf(&b, "+%02X", ch)
+			continue
+		}
+		b.WriteByte(ch)
+	}
+	return b.String()
+}
+
+// transaction runs MAIL, RCPT and the data transfer, filling results.
+func (c *Client) transaction(ctx context.Context, env *Envelope, body io.Reader, results []RcptResult, active []int) error {
+	pipelining := c.caps.Has("PIPELINING")
+	chunking := c.caps.Has("CHUNKING")
+
+	// The body, normalized, and (for CHUNKING) its first chunk.
+	norm := newNormalizer(body, !chunking)
+	var first []byte
+	firstIsLast := false
+	if chunking {
+		var err error
+		first, firstIsLast, err = readChunk(norm, nil)
+		if err != nil {
+			return &Error{Phase: PhaseData, Err: fmt.Errorf("reading the message: %w", err)}
+		}
+	}
+
+	if !pipelining {
+		return c.lockstep(ctx, env, norm, first, firstIsLast, results, active)
+	}
+
+	// The batch: [RSET] MAIL RCPT... [DATA | BDAT n LAST].
+	if c.dirty {
+		if err := c.send(ctx, PhaseEHLO, "RSET"); err != nil {
+			return err
+		}
+	}
+	if err := c.send(ctx, PhaseMailFrom, c.mailFrom(env)); err != nil {
+		return err
+	}
+	for _, i := range active {
+		if err := c.send(ctx, PhaseRcptTo, c.rcptTo(env.To[i])); err != nil {
+			return err
+		}
+	}
+	pipelinedBDAT := chunking && firstIsLast
+	switch {
+	case pipelinedBDAT:
+		if err := c.sendChunk(ctx, first, true); err != nil {
+			return err
+		}
+	case !chunking:
+		if err := c.send(ctx, PhaseData, "DATA"); err != nil {
+			return err
+		}
+	}
+	if err := c.flush(ctx, PhaseMailFrom); err != nil {
+		return err
+	}
+	if err := c.finishRset(ctx); err != nil {
+		return err
+	}
+	mail, err := c.read(ctx, PhaseMailFrom)
+	if err != nil {
+		return err
+	}
+	var accepted []int
+	for _, i := range active {
+		rep, err := c.read(ctx, PhaseRcptTo)
+		if err != nil {
+			return err
+		}
+		switch {
+		case mail.Class() != Positive:
+			setOne(results, i, mail)
+		case rep.Class() != Positive:
+			setOne(results, i, rep)
+		default:
+			accepted = append(accepted, i)
+		}
+	}
+	switch {
+	case pipelinedBDAT:
+		if len(accepted) == 0 {
+			// The server read the chunk and refused it (no valid
+			// recipients): its reply is read and the state reset.
+			if _, err := c.read(ctx, PhaseData); err != nil {
+				return err
+			}
+			c.dirty = true
+			return nil
+		}
+		return c.finalReplies(ctx, results, accepted)
+	case chunking:
+		if len(accepted) == 0 {
+			c.dirty = true
+			return nil
+		}
+		return c.bdat(ctx, norm, first, firstIsLast, results, accepted)
+	}
+	rep, err := c.read(ctx, PhaseData)
+	if err != nil {
+		return err
+	}
+	if rep.Code != 354 {
+		c.dirty = true
+		if len(accepted) > 0 {
+			setAll(results, accepted, rep)
+		}
+		return nil
+	}
+	if len(accepted) == 0 {
+		// DATA was accepted though no recipient was: send an empty
+		// message's end, which the server must refuse (RFC 2920).
+		if err := c.send(ctx, PhaseData, "."); err != nil {
+			return err
+		}
+		if err := c.flush(ctx, PhaseData); err != nil {
+			return err
+		}
+		_, err := c.read(ctx, PhaseData)
+		c.dirty = true
+		return err
+	}
+	return c.dataBody(ctx, norm, results, accepted)
+}
+
+// lockstep is the transaction for a server without PIPELINING: every
+// command waits for its reply.
+func (c *Client) lockstep(ctx context.Context, env *Envelope, norm io.Reader, first []byte, firstIsLast bool, results []RcptResult, active []int) error {
+	if c.dirty {
+		rep, err := c.cmd(ctx, PhaseEHLO, "RSET")
+		if err != nil {
+			return err
+		}
+		if rep.Code != 250 {
+			return &Error{Phase: PhaseEHLO, Reply: &rep, Err: errors.New("RSET refused")}
+		}
+		c.dirty = false
+	}
+	mail, err := c.cmd(ctx, PhaseMailFrom, c.mailFrom(env))
+	if err != nil {
+		return err
+	}
+	if mail.Class() != Positive {
+		c.dirty = true
+		setAll(results, active, mail)
+		return nil
+	}
+	var accepted []int
+	for _, i := range active {
+		rep, err := c.cmd(ctx, PhaseRcptTo, c.rcptTo(env.To[i]))
+		if err != nil {
+			return err
+		}
+		if rep.Class() == Positive {
+			accepted = append(accepted, i)
+		} else {
+			setOne(results, i, rep)
+		}
+	}
+	if len(accepted) == 0 {
+		c.dirty = true
+		return nil
+	}
+	if c.caps.Has("CHUNKING") {
+		return c.bdat(ctx, norm, first, firstIsLast, results, accepted)
+	}
+	rep, err := c.cmd(ctx, PhaseData, "DATA")
+	if err != nil {
+		return err
+	}
+	if rep.Code != 354 {
+		c.dirty = true
+		setAll(results, accepted, rep)
+		return nil
+	}
+	return c.dataBody(ctx, norm, results, accepted)
+}
+
+// finishRset reads the reply to a pipelined RSET.
+func (c *Client) finishRset(ctx context.Context) error {
+	if !c.dirty {
+		return nil
+	}
+	rep, err := c.read(ctx, PhaseEHLO)
+	if err != nil {
+		return err
+	}
+	if rep.Code != 250 {
+		return &Error{Phase: PhaseEHLO, Reply: &rep, Err: errors.New("RSET refused")}
+	}
+	c.dirty = false
+	return nil
+}
+
+// dataBody streams the message after a 354 and reads the final reply (or,
+// for LMTP, one per accepted recipient).
+func (c *Client) dataBody(ctx context.Context, norm io.Reader, results []RcptResult, accepted []int) error {
+	stop := c.deadline(ctx, PhaseData, false)
+	_, err := io.Copy(c.bw, norm)
+	if err == nil {
+		_, err = c.bw.WriteString(".\r\n")
+	}
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	stop()
+	if err != nil {
+		return c.fail(ctx, PhaseData, err)
+	}
+	return c.finalReplies(ctx, results, accepted)
+}
+
+// bdat sends the message as BDAT chunks, each waiting for its reply.
+func (c *Client) bdat(ctx context.Context, norm io.Reader, chunk []byte, last bool, results []RcptResult, accepted []int) error {
+	spare := make([]byte, 0, chunkSize)
+	for {
+		if !last {
+			// Read ahead, to know whether this chunk is the last.
+			next, nextLast, err := readChunk(norm, spare)
+			if err != nil {
+				return &Error{Phase: PhaseData, Err: fmt.Errorf("reading the message: %w", err)}
+			}
+			if len(next) == 0 && nextLast {
+				last = true
+			} else {
+				if err := c.sendChunk(ctx, chunk, false); err != nil {
+					return err
+				}
+				if err := c.flush(ctx, PhaseData); err != nil {
+					return err
+				}
+				rep, err := c.read(ctx, PhaseData)
+				if err != nil {
+					return err
+				}
+				if rep.Class() != Positive {
+					c.dirty = true
+					setAll(results, accepted, rep)
+					// The rest of the message is not sent: a chunk
+					// refused ends the transaction (RFC 3030).
+					return nil
+				}
+				chunk, spare = next, chunk[:0]
+				last = nextLast
+				continue
+			}
+		}
+		if err := c.sendChunk(ctx, chunk, true); err != nil {
+			return err
+		}
+		if err := c.flush(ctx, PhaseData); err != nil {
+			return err
+		}
+		return c.finalReplies(ctx, results, accepted)
+	}
+}
+
+// sendChunk buffers "BDAT n [LAST]" and the chunk.
+func (c *Client) sendChunk(ctx context.Context, chunk []byte, last bool) error {
+	line := "BDAT " + strconv.Itoa(len(chunk))
+	if last {
+		line += " LAST"
+	}
+	if err := c.send(ctx, PhaseData, line); err != nil {
+		return err
+	}
+	stop := c.deadline(ctx, PhaseData, false)
+	defer stop()
+	if _, err := c.bw.Write(chunk); err != nil {
+		return c.fail(ctx, PhaseData, err)
+	}
+	return nil
+}
+
+// finalReplies reads the reply to the end of the message: one for SMTP,
+// one per accepted recipient for LMTP (RFC 2033).
+func (c *Client) finalReplies(ctx context.Context, results []RcptResult, accepted []int) error {
+	if c.opts.Protocol != LMTP {
+		rep, err := c.read(ctx, PhaseData)
+		if err != nil {
+			return err
+		}
+		setAll(results, accepted, rep)
+		c.done(rep)
+		return nil
+	}
+	var last Reply
+	for _, i := range accepted {
+		rep, err := c.read(ctx, PhaseData)
+		if err != nil {
+			return err
+		}
+		setOne(results, i, rep)
+		last = rep
+	}
+	c.done(last)
+	return nil
+}
+
+func (c *Client) done(last Reply) {
+	c.messages++
+	if last.Class() != Positive {
+		c.dirty = true
+	}
+}
+
+// readChunk reads up to chunkSize bytes of the normalized body into buf.
+// last is true when the body ended within them.
+func readChunk(r io.Reader, buf []byte) (chunk []byte, last bool, err error) {
+	if buf == nil {
+		buf = make([]byte, 0, chunkSize)
+	}
+	b := bytes.NewBuffer(buf[:0])
+	n, err := io.CopyN(b, r, chunkSize)
+	if err == io.EOF {
+		return b.Bytes(), true, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	_ = n
+	return b.Bytes(), false, nil
+}
+
+func setAll(results []RcptResult, idx []int, rep Reply) {
+	for _, i := range idx {
+		setOne(results, i, rep)
+	}
+}
+
+func setOne(results []RcptResult, i int, rep Reply) {
+	results[i].Reply = rep
+	switch rep.Class() {
+	case Positive:
+		results[i].Status = Delivered
+	case TransientNegative:
+		results[i].Status = Deferred
+	default:
+		results[i].Status = Failed
+	}
+}

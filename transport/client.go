@@ -51,6 +51,7 @@ type Auth struct {
 
 // Client is one session with a server. It is not safe for concurrent use.
 type Client struct {
+	raw      net.Conn // the TCP connection, under TLS if any
 	conn     net.Conn
 	br       *bufio.Reader
 	bw       *bufio.Writer
@@ -81,7 +82,7 @@ func Dial(ctx context.Context, conn net.Conn, opts Options) (*Client, error) {
 	if opts.StartTLS == "" {
 		opts.StartTLS = TLSOptional
 	}
-	c := &Client{conn: conn, opts: opts}
+	c := &Client{raw: conn, conn: conn, opts: opts}
 	c.setConn(conn)
 	if err := c.open(ctx); err != nil {
 		_ = conn.Close()

@@ -9,11 +9,14 @@
 //   - smtp-sink (from Postfix) as a fast SMTP/LMTP sink and fault injector
 //     (StartSink);
 //   - a private Postfix instance as a receiving MX with STARTTLS, implicit
-//     TLS, PIPELINING, CHUNKING and SMTPUTF8 (StartPostfix);
+//     TLS, PIPELINING, CHUNKING and SMTPUTF8, and, with Users, as a relay
+//     that requires SMTP AUTH (StartPostfix);
 //   - Dovecot as an LMTP server with a fixed set of users (StartDovecot);
 //   - Knot DNS as an authoritative server that signs zones (StartKnot);
 //   - unbound as a DNSSEC validating resolver for those zones (StartUnbound);
-//   - a test PKI made with crypto/x509 (NewCA).
+//   - a test PKI made with crypto/x509 (NewCA);
+//   - a TCP proxy that adds latency and counts round trips, since this
+//     kernel has no netem (StartDelayProxy).
 //
 // Every peer listens on a fresh loopback port (FreePort), lives in its own
 // temporary directory, runs in the foreground in its own session and process

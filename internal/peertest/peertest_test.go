@@ -707,6 +707,7 @@ func TestCleanupLeavesNothing(t *testing.T) {
 		ns = NewNetns(t)
 		s := StartSink(t, SinkOptions{})
 		p := StartPostfix(t, PostfixOptions{})
+		pa := StartPostfix(t, PostfixOptions{Users: map[string]string{"u": "p"}})
 		d := StartDovecot(t, DovecotOptions{})
 		sn := StartSink(t, SinkOptions{Netns: ns})
 		// Let Postfix and Dovecot fork some children to be cleaned up.
@@ -715,11 +716,13 @@ func TestCleanupLeavesNothing(t *testing.T) {
 		peers = []left{
 			{"sink", s.proc.cmd.Process.Pid, s.DumpDir, s.Addr},
 			{"postfix", p.proc.cmd.Process.Pid, p.Dir, p.SMTPAddr},
+			{"postfix with AUTH", pa.proc.cmd.Process.Pid, pa.Dir, pa.SMTPAddr},
+			{"postfix's dovecot auth", pa.sasl.proc.cmd.Process.Pid, pa.Dir, ""},
 			{"dovecot", d.proc.cmd.Process.Pid, d.Dir, d.LMTPAddr},
 			{"netns sink", sn.proc.cmd.Process.Pid, sn.DumpDir, ""},
 		}
 	})
-	require.Len(t, peers, 4)
+	require.Len(t, peers, 6)
 	for _, p := range peers {
 		assert.Empty(t, groupMembers(p.pgid), "%s: process group %d still alive", p.name, p.pgid)
 		assert.NoDirExists(t, p.dir, p.name)

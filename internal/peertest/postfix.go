@@ -83,6 +83,7 @@ type Postfix struct {
 
 	maillog string
 	proc    *proc
+	sasl    *saslAuth // nil without Users
 }
 
 // StartPostfix starts a private Postfix instance: its own configuration,
@@ -120,6 +121,17 @@ type Postfix struct {
 //     master takes more than a second.
 //   - No DNS: smtpd_peername_lookup = no and smtp_dns_support_level =
 //     disabled, since /etc/resolv.conf here points at nothing.
+//   - With Users, SMTP AUTH is checked by a second private Dovecot that
+//     runs only its auth service (protocols = none) on a UNIX socket in
+//     the instance directory (smtpd_sasl_type = dovecot; Cyrus SASL would
+//     need sasl2-bin, which is not installed, and reads its smtpd.conf
+//     from a system-wide directory). It is started before
+//     master and stopped after it. Relaying is then allowed to
+//     authenticated clients only: never permit_mynetworks, since every
+//     test client is on loopback, which is in mynetworks.
+//   - Mail for other domains never leaves the machine: default_transport
+//     and relay_transport are discard:, or virtual: (the maildir) with
+//     Users and Mailbox, so nothing ever asks DNS or connects out.
 func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 	t.Helper()
 	Need(t, "postfix", "postconf")
@@ -228,6 +240,7 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 	var sasl *saslAuth
 	if len(o.Users) > 0 {
 		sasl = startSASLAuth(t, dir, o.Users)
+		p.sasl = sasl
 		p.SASLSocket = sasl.Socket
 		mainCF = append(mainCF, saslMainCF(sasl.Socket, o)...)
 	}

@@ -43,6 +43,9 @@ type Options struct {
 // Auth is an account on a relay.
 type Auth struct {
 	Username, Password string
+	// Mechanism, if set ("PLAIN" or "LOGIN"), is used instead of the
+	// best one the server offers.
+	Mechanism string
 	// AllowPlaintext allows sending the credentials over a connection
 	// without TLS. Never set it for a relay across a network you do not
 	// control.
@@ -209,6 +212,12 @@ func (c *Client) auth(ctx context.Context) error {
 		return &Error{Phase: PhaseAuth, Err: errors.New("refusing to send credentials without TLS (the server offers no STARTTLS, or it is disabled)")}
 	}
 	mechs := c.caps.AuthMechanisms()
+	if a.Mechanism != "" {
+		if !slices.Contains(mechs, strings.ToUpper(a.Mechanism)) {
+			return &Error{Phase: PhaseAuth, Err: fmt.Errorf("the server does not offer %s authentication (offers: %s)", a.Mechanism, strings.Join(mechs, " "))}
+		}
+		mechs = []string{strings.ToUpper(a.Mechanism)}
+	}
 	var client sasl.Client
 	switch {
 	case slices.Contains(mechs, sasl.Plain):

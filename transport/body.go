@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 )
 
@@ -12,19 +13,33 @@ import (
 // dot-stuffing, no sequence in the body (`\n.\n`, `\r.\r`, `\r\n.\r\n`) can
 // end the message early: that is what SMTP smuggling abuses.
 //
-// It streams: memory use does not grow with the message.
+// It streams, in bulk between line breaks: memory use does not grow with
+// the message, and a Client reuses one normalizer for all its messages.
 type normalizer struct {
 	src      *bufio.Reader
 	dotStuff bool
-	out      []byte // pending output
+	buf      []byte // output buffer
+	out      []byte // pending output, a slice of buf
 	bol      bool   // at the beginning of a line
 	ended    bool   // source exhausted and final CRLF emitted
 	empty    bool   // nothing was read at all
 	err      error
 }
 
+const normBufSize = 32 * 1024
+
 func newNormalizer(r io.Reader, dotStuff bool) *normalizer {
-	return &normalizer{src: bufio.NewReaderSize(r, 32*1024), dotStuff: dotStuff, bol: true, empty: true}
+	n := &normalizer{src: bufio.NewReaderSize(r, normBufSize), buf: make([]byte, 0, normBufSize+2)}
+	n.reset(r, dotStuff)
+	return n
+}
+
+// reset starts a new body, keeping the buffers.
+func (n *normalizer) reset(r io.Reader, dotStuff bool) {
+	n.src.Reset(r)
+	n.dotStuff = dotStuff
+	n.out = nil
+	n.bol, n.ended, n.empty, n.err = true, false, true, nil
 }
 
 func (n *normalizer) Read(p []byte) (int, error) {
@@ -42,47 +57,83 @@ func (n *normalizer) Read(p []byte) (int, error) {
 	return c, nil
 }
 
+// WriteTo writes the whole normalized body to w, so that io.Copy uses the
+// normalizer's buffer instead of allocating its own.
+func (n *normalizer) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		for len(n.out) == 0 {
+			if n.ended {
+				return total, nil
+			}
+			if n.err != nil {
+				return total, n.err
+			}
+			n.fill()
+		}
+		k, err := w.Write(n.out)
+		total += int64(k)
+		n.out = n.out[k:]
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
 // fill normalizes the next stretch of input into n.out.
 func (n *normalizer) fill() {
-	buf := n.out[:0]
-	if cap(buf) < 32*1024 {
-		buf = make([]byte, 0, 33*1024)
-	}
-	for len(buf) < 32*1024 {
-		b, err := n.src.ReadByte()
-		if err != nil {
-			if err != io.EOF {
-				n.err = err
+	buf := n.buf[:0]
+	for len(buf) < normBufSize {
+		if n.src.Buffered() == 0 {
+			if _, err := n.src.Peek(1); err != nil {
+				if err != io.EOF {
+					n.err = err
+					break
+				}
+				if !n.bol && !n.empty {
+					buf = append(buf, '\r', '\n')
+				}
+				n.ended = true
 				break
 			}
-			if !n.bol && !n.empty {
-				buf = append(buf, '\r', '\n')
-			}
-			n.ended = true
-			break
 		}
+		chunk, _ := n.src.Peek(n.src.Buffered())
 		n.empty = false
-		switch b {
-		case '\r':
-			// CRLF, or a bare CR: either way one line break.
-			if next, err := n.src.Peek(1); err == nil && next[0] == '\n' {
-				_, _ = n.src.ReadByte()
-			}
-			buf = append(buf, '\r', '\n')
-			n.bol = true
+		if n.bol && n.dotStuff && chunk[0] == '.' {
+			buf = append(buf, '.', '.')
+			_, _ = n.src.Discard(1)
+			n.bol = false
+			continue
+		}
+		switch chunk[0] {
 		case '\n':
 			buf = append(buf, '\r', '\n')
+			_, _ = n.src.Discard(1)
 			n.bol = true
-		case '.':
-			if n.bol && n.dotStuff {
-				buf = append(buf, '.')
+			continue
+		case '\r':
+			// CRLF, or a bare CR: either way one line break.
+			if next, _ := n.src.Peek(2); len(next) == 2 && next[1] == '\n' {
+				_, _ = n.src.Discard(2)
+			} else {
+				_, _ = n.src.Discard(1)
 			}
-			buf = append(buf, '.')
-			n.bol = false
-		default:
-			buf = append(buf, b)
-			n.bol = false
+			buf = append(buf, '\r', '\n')
+			n.bol = true
+			continue
 		}
+		// A run of ordinary bytes, up to the next line break.
+		run := chunk
+		if i := bytes.IndexAny(chunk, "\r\n"); i >= 0 {
+			run = chunk[:i]
+		}
+		if room := normBufSize - len(buf); len(run) > room {
+			run = run[:room]
+		}
+		buf = append(buf, run...)
+		_, _ = n.src.Discard(len(run))
+		n.bol = false
 	}
+	n.buf = buf
 	n.out = buf
 }

@@ -72,6 +72,10 @@ type Client struct {
 	broken bool
 	// trace, if set, sees every line sent and received (tests).
 	trace func(dir, line string)
+	// Buffers kept for the next message: the body normalizer and two
+	// BDAT chunks (the one sent and the one read ahead).
+	norm   *normalizer
+	chunks [2][]byte
 }
 
 // Dial sets up a session on conn: implicit TLS if configured, the
@@ -399,10 +403,16 @@ func (c *Client) fail(ctx context.Context, p Phase, err error) error {
 	c.broken = true
 	limit := c.opts.Timeouts.of(p)
 	e := phaseError(p, limit, err)
-	if ctx.Err() != nil {
+	cerr := ctx.Err()
+	if dl, ok := ctx.Deadline(); ok && cerr == nil && !time.Now().Before(dl) {
+		// The connection's deadline was the caller's, and it fired just
+		// before the context's own timer.
+		cerr = context.DeadlineExceeded
+	}
+	if cerr != nil {
 		// The caller gave up (or its deadline passed): not the phase's
 		// timeout.
-		e.Timeout, e.Err = false, fmt.Errorf("%w (%v)", ctx.Err(), err)
+		e.Timeout, e.Err = false, fmt.Errorf("%w (%v)", cerr, err)
 	}
 	return e
 }

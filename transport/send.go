@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -249,12 +248,20 @@ func (c *Client) transaction(ctx context.Context, env *Envelope, body io.Reader,
 	chunking := c.caps.Has("CHUNKING")
 
 	// The body, normalized, and (for CHUNKING) its first chunk.
-	norm := newNormalizer(body, !chunking)
+	if c.norm == nil {
+		c.norm = newNormalizer(body, !chunking)
+	} else {
+		c.norm.reset(body, !chunking)
+	}
+	norm := c.norm
 	var first []byte
 	firstIsLast := false
 	if chunking {
+		if c.chunks[0] == nil {
+			c.chunks[0] = make([]byte, 0, chunkSize)
+		}
 		var err error
-		first, firstIsLast, err = readChunk(norm, nil)
+		first, firstIsLast, err = readChunk(norm, c.chunks[0])
 		if err != nil {
 			return &Error{Phase: PhaseData, Err: fmt.Errorf("reading the message: %w", err)}
 		}
@@ -449,7 +456,11 @@ func (c *Client) dataBody(ctx context.Context, norm io.Reader, results []RcptRes
 
 // bdat sends the message as BDAT chunks, each waiting for its reply.
 func (c *Client) bdat(ctx context.Context, norm io.Reader, chunk []byte, last bool, results []RcptResult, accepted []int) error {
-	spare := make([]byte, 0, chunkSize)
+	if c.chunks[1] == nil {
+		c.chunks[1] = make([]byte, 0, chunkSize)
+	}
+	spare := c.chunks[1]
+	defer func() { c.chunks[0], c.chunks[1] = chunk[:0], spare[:0] }()
 	for {
 		if !last {
 			// Read ahead, to know whether this chunk is the last.
@@ -541,22 +552,19 @@ func (c *Client) done(last Reply) {
 	}
 }
 
-// readChunk reads up to chunkSize bytes of the normalized body into buf.
-// last is true when the body ended within them.
+// readChunk reads up to chunkSize bytes of the normalized body into buf
+// (whose capacity is chunkSize). last is true when the body ended within
+// them.
 func readChunk(r io.Reader, buf []byte) (chunk []byte, last bool, err error) {
-	if buf == nil {
-		buf = make([]byte, 0, chunkSize)
+	buf = buf[:chunkSize]
+	n, err := io.ReadFull(r, buf)
+	switch err {
+	case nil:
+		return buf, false, nil
+	case io.EOF, io.ErrUnexpectedEOF:
+		return buf[:n], true, nil
 	}
-	b := bytes.NewBuffer(buf[:0])
-	n, err := io.CopyN(b, r, chunkSize)
-	if err == io.EOF {
-		return b.Bytes(), true, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	_ = n
-	return b.Bytes(), false, nil
+	return nil, false, err
 }
 
 func setAll(results []RcptResult, idx []int, rep Reply) {

@@ -25,6 +25,9 @@ type SinkOptions struct {
 	Port int
 	// LMTP makes the sink speak LMTP instead of SMTP (-L).
 	LMTP bool
+	// NoDump keeps no message (no -d): for benchmarks, where writing a
+	// file per message would measure the disk. Messages returns none.
+	NoDump bool
 	// Flags are extra smtp-sink flags, passed as they are, for example
 	// {"-r", "rcpt"} (4xx to RCPT), {"-f", "mail"} (5xx), {"-Q", "data"}
 	// (421 and hang up), {"-q", "ehlo"} (hang up without reply),
@@ -136,7 +139,9 @@ func StartSink(t testing.TB, o SinkOptions) *Sink {
 	}
 	// One file per message: the strftime part gives the second, smtp-sink
 	// appends a random hex suffix.
-	argv = append(argv, "-d", dump+"/%Y%m%d%H%M%S.")
+	if !o.NoDump {
+		argv = append(argv, "-d", dump+"/%Y%m%d%H%M%S.")
+	}
 	argv = append(argv, o.Flags...)
 	argv = append(argv, listen, strconv.Itoa(backlog))
 	// "ip netns exec" execs the command, so the pid stays the sink's.

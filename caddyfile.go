@@ -49,6 +49,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			}
 //			auth <username> <secret>
 //		}
+//
+// auth may also be a block with username, secret and allow_plaintext
+// (send the credentials without TLS: only on a network you control).
 //		list <name> <entry>...
 //		ip_strategy ipv4_only|ipv6_only|ipv6_then_ipv4|ipv4_then_ipv6
 //		fallback_delay <duration>|off
@@ -68,6 +71,10 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			allow_invalid_certs [true|false]
 //			mta_sts disable|optional|require
 //			dane disable|optional|require
+//		}
+//		pool {
+//			max_messages <n>
+//			idle_timeout <duration>
 //		}
 //		resolver [<server>...] {
 //			servers <server>...
@@ -156,13 +163,18 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.TLS = new(TLS)
 			}
 			err = parseTLS(d, p, a.TLS)
+		case "pool":
+			if a.Pool != nil {
+				return d.Err("pool is given twice")
+			}
+			a.Pool, err = parsePool(d)
 		case "resolver":
 			if a.Resolver != nil {
 				return d.Err("resolver is given twice")
 			}
 			a.Resolver, err = parseResolver(d)
 		default:
-			return d.Errf("unknown smtp option %q (known: hostname, next_hop, remote, list, ip_strategy, fallback_delay, source_ip, limits, timeouts, tls, resolver)", d.Val())
+			return d.Errf("unknown smtp option %q (known: hostname, next_hop, remote, list, ip_strategy, fallback_delay, source_ip, limits, timeouts, tls, pool, resolver)", d.Val())
 		}
 		if err != nil {
 			return err
@@ -272,8 +284,10 @@ func parseAuth(d *caddyfile.Dispenser) (*RemoteAuth, error) {
 			auth.Username, err = oneArg(d)
 		case "secret":
 			auth.Secret, err = oneArg(d)
+		case "allow_plaintext":
+			auth.AllowPlaintext, err = parseBool(d, d.RemainingArgs())
 		default:
-			return nil, d.Errf("unknown auth option %q (known: username, secret)", d.Val())
+			return nil, d.Errf("unknown auth option %q (known: username, secret, allow_plaintext)", d.Val())
 		}
 		if err != nil {
 			return nil, err
@@ -724,4 +738,28 @@ func parseResolverCache(d *caddyfile.Dispenser) (*resolver.CacheConfig, error) {
 		}
 	}
 	return c, nil
+}
+
+func parsePool(d *caddyfile.Dispenser) (*Pool, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	pool := new(Pool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		key := d.Val()
+		args := d.RemainingArgs()
+		var err error
+		switch key {
+		case "max_messages":
+			pool.MaxMessages, err = parseInt(d, args)
+		case "idle_timeout":
+			pool.IdleTimeout, err = parseDuration(d, args)
+		default:
+			return nil, d.Errf("unknown pool option %q (known: max_messages, idle_timeout)", key)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return pool, nil
 }

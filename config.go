@@ -100,6 +100,23 @@ type RemoteAuth struct {
 
 	// Secret is the password. Required with auth.
 	Secret string `json:"secret,omitempty"`
+
+	// AllowPlaintext allows sending the credentials over a connection
+	// without TLS. Default: false: without TLS the session fails before
+	// AUTH. Set it only for a relay on a network you control.
+	AllowPlaintext bool `json:"allow_plaintext,omitempty"`
+}
+
+// Pool bounds how connections are kept for the next messages.
+type Pool struct {
+	// MaxMessages is the most messages one connection carries before it is
+	// closed. Default: 100.
+	MaxMessages int `json:"max_messages,omitempty"`
+
+	// IdleTimeout is how long an unused connection is kept open. Default:
+	// 10s: long enough for a burst of messages, short enough not to hold a
+	// receiver's connection slot for nothing.
+	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
 }
 
 // SourceIP lists the local addresses deliveries are sent from.

@@ -78,6 +78,11 @@ type App struct {
 	// TLS is the TLS policy: STARTTLS, certificate checks, MTA-STS, DANE.
 	TLS *TLS `json:"tls,omitempty"`
 
+	// Pool bounds how connections are kept for reuse. Pools with the same
+	// settings are shared across config reloads, warm connections
+	// included.
+	Pool *Pool `json:"pool,omitempty"`
+
 	// Resolver is the DNS resolver's settings: servers, timeouts, cache.
 	// Default: the servers of /etc/resolv.conf, with a cache of 10000
 	// answers. Resolvers with the same settings are shared across config
@@ -89,6 +94,8 @@ type App struct {
 	env             *rules.Env
 	dns             *resolver.Resolver
 	releaseResolver func()
+	pool            *transport.Pool
+	releasePool     func()
 }
 
 // The defaults Provision sets; the field comments explain each choice.
@@ -154,8 +161,37 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.compileRules(); err != nil {
 		return err
 	}
-	return a.provisionResolver()
+	if err := a.provisionResolver(); err != nil {
+		return err
+	}
+	return a.provisionPool()
 }
+
+// provisionPool takes the shared connection pool for the configured
+// settings, so that a reload keeps warm connections.
+func (a *App) provisionPool() error {
+	if a.Pool == nil {
+		a.Pool = new(Pool)
+	}
+	if a.Pool.MaxMessages == 0 {
+		a.Pool.MaxMessages = 100
+	}
+	if a.Pool.IdleTimeout == 0 {
+		a.Pool.IdleTimeout = caddy.Duration(10 * time.Second)
+	}
+	pool, release, err := transport.GetPool(transport.PoolConfig{
+		MaxMessages: a.Pool.MaxMessages,
+		IdleTimeout: time.Duration(a.Pool.IdleTimeout),
+	})
+	if err != nil {
+		return fmt.Errorf("pool: %w", err)
+	}
+	a.pool, a.releasePool = pool, release
+	return transport.RegisterMetrics(a.ctx.GetMetricsRegistry())
+}
+
+// ConnPool returns the app's connection pool.
+func (a *App) ConnPool() *transport.Pool { return a.pool }
 
 // provisionResolver takes the shared resolver for the configured settings
 // (a new one only when no running config has the same settings).
@@ -193,11 +229,15 @@ func (a *App) Planner() *strategy.Planner {
 	}
 }
 
-// Cleanup releases what the app shares with other configs (the resolver),
+// Cleanup releases what the app shares with other configs (the resolver
+// and the connection pool),
 // when Caddy unloads this config.
 func (a *App) Cleanup() error {
 	if a.releaseResolver != nil {
 		a.releaseResolver()
+	}
+	if a.releasePool != nil {
+		a.releasePool()
 	}
 	return nil
 }

@@ -84,6 +84,12 @@ func (a *App) Validate() error {
 			return nil
 		}))
 	}
+	if a.Pool.MaxMessages < 1 {
+		add(fmt.Errorf("pool.max_messages: %d is below 1", a.Pool.MaxMessages))
+	}
+	if a.Pool.IdleTimeout <= 0 {
+		add(fmt.Errorf("pool.idle_timeout: %s is not a positive duration", time.Duration(a.Pool.IdleTimeout)))
+	}
 	return errors.Join(errs...)
 }
 

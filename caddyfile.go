@@ -52,6 +52,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //
 // auth may also be a block with username, secret and allow_plaintext
 // (send the credentials without TLS: only on a network you control).
+//
 //		list <name> <entry>...
 //		ip_strategy ipv4_only|ipv6_only|ipv6_then_ipv4|ipv4_then_ipv6
 //		fallback_delay <duration>|off

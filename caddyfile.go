@@ -49,10 +49,6 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			}
 //			auth <username> <secret>
 //		}
-//
-// auth may also be a block with username, secret and allow_plaintext
-// (send the credentials without TLS: only on a network you control).
-//
 //		list <name> <entry>...
 //		ip_strategy ipv4_only|ipv6_only|ipv6_then_ipv4|ipv4_then_ipv6
 //		fallback_delay <duration>|off
@@ -97,7 +93,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 // preset (cloudflare, google, quad9, each also -tls) or system.
 //
 // A list's entries may also be given one or more per line in a block
-// (`list domains { ... }`), and auth as a block with `username` and `secret`.
+// (`list domains { ... }`), and auth as a block with `username`, `secret`
+// and `allow_plaintext` (send the credentials without TLS: only on a
+// network you control).
 // Source addresses may be given one per line in a block, each with its own
 // EHLO name:
 //

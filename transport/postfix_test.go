@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -30,9 +31,12 @@ func TestPostfixTLS(t *testing.T) {
 	wrongCA := &tls.Config{RootCAs: peertest.NewCA(t, "another CA").Pool()}
 
 	t.Run("STARTTLS verified with the test CA", func(t *testing.T) {
+		initMetrics()
+		opened := testutil.ToFloat64(connections.WithLabelValues("opened", "TLS 1.3"))
 		c, err := session(t, pf.SMTPAddr, Options{ServerName: pf.Hostname, TLSConfig: verified, StartTLS: TLSRequire})
 		require.NoError(t, err)
 		require.NotNil(t, c.TLS())
+		assert.Equal(t, opened+1, testutil.ToFloat64(connections.WithLabelValues("opened", "TLS 1.3")), "counted by TLS version")
 		assert.True(t, c.TLS().HandshakeComplete)
 		assert.Equal(t, pf.Hostname, c.TLS().ServerName)
 		assert.False(t, c.Capabilities().Has("STARTTLS"), "EHLO again after TLS: STARTTLS is not offered twice")

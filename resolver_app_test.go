@@ -1,10 +1,8 @@
 package caddysmtp
 
 import (
-	"encoding/json"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -15,28 +13,19 @@ import (
 // resolver's metrics are in Caddy's registry, and that other settings get
 // another resolver.
 func TestResolverKeptAcrossReloads(t *testing.T) {
-	load := func(raw string) (*App, caddy.Context) {
-		app := new(App)
-		require.NoError(t, json.Unmarshal([]byte(raw), app))
-		ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
-		t.Cleanup(cancel)
-		require.NoError(t, app.Provision(ctx))
-		require.NoError(t, app.Validate())
-		return app, ctx
-	}
 	cfg := `{"resolver": {"servers": ["udp://127.0.0.1:53"], "timeout": "2s"}}`
-	old, ctx := load(cfg)
-	reloaded, _ := load(cfg)
+	old := provisioned(t, cfg)
+	reloaded := provisioned(t, cfg)
 	assert.Same(t, old.DNS(), reloaded.DNS())
 	require.NoError(t, old.Cleanup(), "the old config is unloaded after the new one started")
 
-	other, _ := load(`{"resolver": {"servers": ["udp://127.0.0.1:53"], "timeout": "3s"}}`)
+	other := provisioned(t, `{"resolver": {"servers": ["udp://127.0.0.1:53"], "timeout": "3s"}}`)
 	assert.NotSame(t, reloaded.DNS(), other.DNS())
 	assert.Equal(t, []string{"udp://127.0.0.1:53"}, other.DNS().Servers())
 	require.NoError(t, reloaded.Cleanup())
 	require.NoError(t, other.Cleanup())
 
-	families, err := ctx.GetMetricsRegistry().Gather()
+	families, err := old.ctx.GetMetricsRegistry().Gather()
 	require.NoError(t, err)
 	var names []string
 	for _, f := range families {

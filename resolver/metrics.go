@@ -1,11 +1,12 @@
 package resolver
 
 import (
-	"errors"
 	"sync"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/collectors"
 )
 
 // The resolver's Prometheus metrics. They are process-wide, like the
@@ -40,15 +41,7 @@ func initMetrics() {
 // ctx.GetMetricsRegistry()); registering them again is not an error.
 func RegisterMetrics(reg prometheus.Registerer) error {
 	initMetrics()
-	for _, c := range []prometheus.Collector{queries, cacheHits, rcodes} {
-		if err := reg.Register(c); err != nil {
-			var already prometheus.AlreadyRegisteredError
-			if !errors.As(err, &already) {
-				return err
-			}
-		}
-	}
-	return nil
+	return collectors.Register(reg, queries, cacheHits, rcodes)
 }
 
 func metricQuery(qtype uint16, transport string) {

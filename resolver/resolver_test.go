@@ -45,21 +45,7 @@ const tlsaData = "8f2a8c2e4d9b7d1f0a6c5e3b2d1f0e9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f
 func startLab(t testing.TB) *lab {
 	t.Helper()
 	knot := peertest.StartKnot(t, peertest.KnotOptions{Zones: []peertest.Zone{
-		{Name: "example.test", Signed: true, Records: `
-@ MX 10 mx1
-@ MX 20 mx2
-@ MX 10 mx3
-mx1 A 127.0.0.11
-mx1 AAAA ::1
-mx2 A 127.0.0.12
-mx3 A 127.0.0.13
-cname-mx MX 10 alias
-alias CNAME mx1
-implicit A 127.0.0.20
-nullmx MX 0 .
-short 2 A 127.0.0.30
-_25._tcp.mx1 TLSA 3 1 1 ` + tlsaData + `
-` + bigTXT()},
+		{Name: "example.test", Signed: true, Records: exampleRecords()},
 		{Name: "unsigned.test", Records: `
 @ MX 10 mx
 mx A 127.0.0.40
@@ -235,7 +221,7 @@ func TestAgainstKnotAndUnbound(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, "127.0.0.30", ip.Addrs[0].String())
 		hits := testutil.ToFloat64(cacheHits)
-		l.knot.Reload(t, "example.test", strings.Replace(knotRecords(t, l), "short 2 A 127.0.0.30", "short 2 A 127.0.0.31", 1))
+		l.knot.Reload(t, "example.test", strings.Replace(exampleRecords(), "short 2 A 127.0.0.30", "short 2 A 127.0.0.31", 1))
 		ip, err = r.LookupA(ctx, "short.example.test")
 		require.NoError(t, err)
 		assert.Equal(t, "127.0.0.30", ip.Addrs[0].String(), "within its TTL the cached answer is used")
@@ -276,9 +262,8 @@ func TestAgainstKnotAndUnbound(t *testing.T) {
 	})
 }
 
-// knotRecords returns the records of example.test as startLab gave them.
-func knotRecords(t testing.TB, l *lab) string {
-	t.Helper()
+// exampleRecords are the records of the signed zone example.test.
+func exampleRecords() string {
 	return `
 @ MX 10 mx1
 @ MX 20 mx2

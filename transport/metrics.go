@@ -2,11 +2,12 @@ package transport
 
 import (
 	"crypto/tls"
-	"errors"
 	"strconv"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/collectors"
 )
 
 // The transport's Prometheus metrics, process-wide like the connection
@@ -40,15 +41,7 @@ func initMetrics() {
 // ctx.GetMetricsRegistry()); registering them again is not an error.
 func RegisterMetrics(reg prometheus.Registerer) error {
 	initMetrics()
-	for _, c := range []prometheus.Collector{connections, replies, sessionErrs} {
-		if err := reg.Register(c); err != nil {
-			var already prometheus.AlreadyRegisteredError
-			if !errors.As(err, &already) {
-				return err
-			}
-		}
-	}
-	return nil
+	return collectors.Register(reg, connections, replies, sessionErrs)
 }
 
 func tlsLabel(st *tls.ConnectionState) string {

@@ -34,6 +34,7 @@ func provisioned(t *testing.T, raw string) *App {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 	t.Cleanup(cancel)
 	require.NoError(t, app.Provision(ctx))
+	t.Cleanup(func() { _ = app.Cleanup() })
 	require.NoError(t, app.Validate())
 	return app
 }

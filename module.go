@@ -4,6 +4,7 @@
 package caddysmtp
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -96,7 +97,13 @@ type App struct {
 	releaseResolver func()
 	pool            *transport.Pool
 	releasePool     func()
+	// rootCAs verifies servers' certificates; nil is the system's roots
+	// (which SSL_CERT_FILE and SSL_CERT_DIR can point elsewhere).
+	rootCAs *x509.CertPool
 }
+
+// caddyDuration names caddy.Duration for generic helpers.
+type caddyDuration = caddy.Duration
 
 // The defaults Provision sets; the field comments explain each choice.
 const (

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -38,6 +39,9 @@ type Options struct {
 	Auth *Auth
 	// Timeouts bound each phase.
 	Timeouts Timeouts
+	// Source is the local address the connection was bound to, if the
+	// caller chose one (for the pool's key).
+	Source netip.Addr
 }
 
 // Auth is an account on a relay.
@@ -285,6 +289,13 @@ func (c *Client) Messages() int { return c.messages }
 
 // Usable reports whether the session can carry another message.
 func (c *Client) Usable() bool { return !c.broken }
+
+// Hostname returns the name the session greeted with.
+func (c *Client) Hostname() string { return c.opts.Hostname }
+
+// BoundSource returns the local address the connection was bound to, or
+// the invalid Addr when the kernel chose it.
+func (c *Client) BoundSource() netip.Addr { return c.opts.Source }
 
 // LocalAddr and RemoteAddr are the connection's addresses.
 func (c *Client) LocalAddr() net.Addr  { return c.conn.LocalAddr() }

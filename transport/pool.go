@@ -82,12 +82,14 @@ func NewPool(cfg PoolConfig) *Pool {
 // ErrPoolClosed is returned by a closed pool.
 var ErrPoolClosed = errors.New("connection pool is closed")
 
-// Session returns a session for key: a kept one when there is one that is
-// still open, or a new one made by dial. group and limit cap the sessions
-// open at once in the group (limit 0: no cap); over the cap, an idle
-// session of the group is closed to make room, or Session waits for one to
-// be released. Give the session back with Release.
-func (p *Pool) Session(ctx context.Context, key Key, group string, limit int, dial func(context.Context) (*Client, error)) (*Client, error) {
+// Session returns a session for the first of keys that has a kept one
+// still open, or a new one made by dial (whose key the caller learns from
+// the connection, for Release: with several addresses to try, the key of a
+// new session is known only once it is made). group and limit cap the
+// sessions open at once in the group (limit 0: no cap); over the cap, an
+// idle session of the group is closed to make room, or Session waits for
+// one to be released. Give the session back with Release.
+func (p *Pool) Session(ctx context.Context, keys []Key, group string, limit int, dial func(context.Context) (*Client, error)) (*Client, error) {
 	for {
 		p.mu.Lock()
 		select {
@@ -96,10 +98,12 @@ func (p *Pool) Session(ctx context.Context, key Key, group string, limit int, di
 			return nil, ErrPoolClosed
 		default:
 		}
-		if c := p.takeIdle(key); c != nil {
-			p.mu.Unlock()
-			metricConnReused(c.tls)
-			return c, nil
+		for _, key := range keys {
+			if c := p.takeIdle(key); c != nil {
+				p.mu.Unlock()
+				metricConnReused(c.tls)
+				return c, nil
+			}
 		}
 		if limit <= 0 || p.open[group] < limit {
 			p.open[group]++

@@ -42,7 +42,7 @@ func TestPoolReuse(t *testing.T) {
 	reused := testutil.ToFloat64(connections.WithLabelValues("reused", "none"))
 	var first *Client
 	for i := range 5 {
-		c, err := pool.Session(t.Context(), key, "sink", 0, dialer(t, sink.Addr, &dials))
+		c, err := pool.Session(t.Context(), []Key{key}, "sink", 0, dialer(t, sink.Addr, &dials))
 		require.NoError(t, err)
 		if i == 0 {
 			first = c
@@ -66,7 +66,7 @@ func TestPoolIdleTimeout(t *testing.T) {
 	defer pool.Close()
 	var dials atomic.Int32
 	key := keyFor(sink.Addr)
-	c, err := pool.Session(t.Context(), key, "sink", 5, dialer(t, sink.Addr, &dials))
+	c, err := pool.Session(t.Context(), []Key{key}, "sink", 5, dialer(t, sink.Addr, &dials))
 	require.NoError(t, err)
 	pool.Release(key, c)
 	assert.Equal(t, 1, pool.Idle())
@@ -82,11 +82,11 @@ func TestPoolServerClosedIdle(t *testing.T) {
 	defer pool.Close()
 	var dials atomic.Int32
 	key := keyFor(sink.Addr)
-	c, err := pool.Session(t.Context(), key, "sink", 0, dialer(t, sink.Addr, &dials))
+	c, err := pool.Session(t.Context(), []Key{key}, "sink", 0, dialer(t, sink.Addr, &dials))
 	require.NoError(t, err)
 	pool.Release(key, c)
 	time.Sleep(1500 * time.Millisecond)
-	c2, err := pool.Session(t.Context(), key, "sink", 0, dialer(t, sink.Addr, &dials))
+	c2, err := pool.Session(t.Context(), []Key{key}, "sink", 0, dialer(t, sink.Addr, &dials))
 	require.NoError(t, err)
 	assert.NotSame(t, c, c2)
 	assert.Equal(t, int32(2), dials.Load())
@@ -102,20 +102,20 @@ func TestPoolConcurrencyCap(t *testing.T) {
 	defer pool.Close()
 	var dials atomic.Int32
 	key := keyFor(sink.Addr)
-	a, err := pool.Session(t.Context(), key, "relay", 2, dialer(t, sink.Addr, &dials))
+	a, err := pool.Session(t.Context(), []Key{key}, "relay", 2, dialer(t, sink.Addr, &dials))
 	require.NoError(t, err)
-	b, err := pool.Session(t.Context(), key, "relay", 2, dialer(t, sink.Addr, &dials))
+	b, err := pool.Session(t.Context(), []Key{key}, "relay", 2, dialer(t, sink.Addr, &dials))
 	require.NoError(t, err)
 	assert.Equal(t, 2, pool.Open("relay"))
 
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
-	_, err = pool.Session(ctx, key, "relay", 2, dialer(t, sink.Addr, &dials))
+	_, err = pool.Session(ctx, []Key{key}, "relay", 2, dialer(t, sink.Addr, &dials))
 	require.ErrorIs(t, err, context.DeadlineExceeded, "a third session waits")
 
 	got := make(chan *Client, 1)
 	go func() {
-		c, err := pool.Session(t.Context(), key, "relay", 2, dialer(t, sink.Addr, &dials))
+		c, err := pool.Session(t.Context(), []Key{key}, "relay", 2, dialer(t, sink.Addr, &dials))
 		if err == nil {
 			got <- c
 		}
@@ -133,7 +133,7 @@ func TestPoolConcurrencyCap(t *testing.T) {
 	// An idle session of another key in the group makes room.
 	other := key
 	other.EHLO = "other.example.org"
-	c, err := pool.Session(t.Context(), other, "relay", 2, dialer(t, sink.Addr, &dials))
+	c, err := pool.Session(t.Context(), []Key{other}, "relay", 2, dialer(t, sink.Addr, &dials))
 	require.NoError(t, err)
 	assert.Equal(t, 2, pool.Open("relay"))
 	pool.Release(other, c)
@@ -146,12 +146,12 @@ func TestPoolClose(t *testing.T) {
 	pool := NewPool(PoolConfig{})
 	var dials atomic.Int32
 	key := keyFor(sink.Addr)
-	c, err := pool.Session(t.Context(), key, "g", 0, dialer(t, sink.Addr, &dials))
+	c, err := pool.Session(t.Context(), []Key{key}, "g", 0, dialer(t, sink.Addr, &dials))
 	require.NoError(t, err)
 	pool.Release(key, c)
 	pool.Close()
 	assert.Equal(t, 0, pool.Idle())
-	_, err = pool.Session(t.Context(), key, "g", 0, dialer(t, sink.Addr, &dials))
+	_, err = pool.Session(t.Context(), []Key{key}, "g", 0, dialer(t, sink.Addr, &dials))
 	require.ErrorIs(t, err, ErrPoolClosed)
 	assert.Equal(t, 0, pool.Open("g"), "the closed session's slot is free")
 }

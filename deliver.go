@@ -82,6 +82,7 @@ func (a *App) Deliver(ctx context.Context, msg *Message) (*Report, error) {
 	wg.Wait()
 	for _, rr := range report.Recipients {
 		a.logOutcome(msg, rr)
+		a.emit(msg, rr)
 	}
 	return report, nil
 }
@@ -323,8 +324,10 @@ func sessionInfo(h *strategy.Host, c *transport.Client) session {
 	return s
 }
 
-// logOutcome logs one recipient's outcome.
+// logOutcome logs one recipient's outcome, through the running app's
+// logger.
 func (a *App) logOutcome(msg *Message, rr RecipientReport) {
+	logger := a.current().logger
 	fields := []zap.Field{
 		zap.String("from", msg.From), zap.String("rcpt", rr.Rcpt), zap.String("route", rr.Route),
 		zap.String("host", rr.Host), zap.String("address", rr.Address), zap.String("source", rr.Source),
@@ -338,10 +341,10 @@ func (a *App) logOutcome(msg *Message, rr RecipientReport) {
 	}
 	switch rr.Status {
 	case transport.Delivered:
-		a.logger.Info("delivered", fields...)
+		logger.Info("delivered", fields...)
 	case transport.Failed:
-		a.logger.Warn("failed", fields...)
+		logger.Warn("failed", fields...)
 	default:
-		a.logger.Warn("deferred", fields...)
+		logger.Warn("deferred", fields...)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
 
 	"github.com/seed7b014b84/caddy-smtp/internal/strictjson"
@@ -97,6 +98,7 @@ type App struct {
 	releaseResolver func()
 	pool            *transport.Pool
 	releasePool     func()
+	events          *caddyevents.App
 	// rootCAs verifies servers' certificates; nil is the system's roots
 	// (which SSL_CERT_FILE and SSL_CERT_DIR can point elsewhere).
 	rootCAs *x509.CertPool
@@ -171,6 +173,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.provisionResolver(); err != nil {
 		return err
 	}
+	a.provisionEvents()
 	return a.provisionPool()
 }
 
@@ -403,17 +406,24 @@ func (a *App) compileRules() error {
 	return nil
 }
 
-// Start starts the app. Deliveries are made on demand by callers, so there
-// is nothing to run in the background yet.
+// Start starts the app: from now on it is the one deliveries log and emit
+// events through. Deliveries are made on demand by callers, so nothing
+// runs in the background.
 func (a *App) Start() error {
+	running.Store(a)
 	a.logger.Info("smtp app started",
 		zap.Int("remotes", len(a.Remotes)),
 		zap.Int("lists", len(a.Lists)))
 	return nil
 }
 
-// Stop stops the app. It returns at once: nothing it holds outlives it.
-func (a *App) Stop() error { return nil }
+// Stop stops the app. It returns at once and never blocks the admin API:
+// deliveries in flight finish on their connections (the pool is shared
+// with the next config and released in Cleanup).
+func (a *App) Stop() error {
+	running.CompareAndSwap(a, nil)
+	return nil
+}
 
 // Interface guards
 var (

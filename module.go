@@ -218,6 +218,17 @@ func (a *App) provisionResolver() error {
 	return resolver.RegisterMetrics(a.ctx.GetMetricsRegistry())
 }
 
+// DefaultHostname returns the app's EHLO name when no rule picks another:
+// its plain value, or the else of its rule list. Other modules use it to
+// name themselves (in a Message-ID, a greeting).
+func (a *App) DefaultHostname() string {
+	vals := a.Hostname.Values()
+	if len(vals) > 0 {
+		return vals[len(vals)-1]
+	}
+	return "localhost"
+}
+
 // DNS returns the app's resolver.
 func (a *App) DNS() *resolver.Resolver { return a.dns }
 

@@ -1,0 +1,8 @@
+package caddysmtp
+
+// The modules that call the app, registered with it: building Caddy with
+// this module (xcaddy --with github.com/seed7b014b84/caddy-smtp) brings
+// them in too.
+import (
+	_ "github.com/seed7b014b84/caddy-smtp/httpsend"
+)

@@ -340,3 +340,34 @@ func GetPool(cfg PoolConfig) (*Pool, func(), error) {
 
 // Interface guards
 var _ caddy.Destructor = (*Pool)(nil)
+
+// Drain closes every idle session with QUIT and waits, until ctx ends, for
+// them to be closed. For a program that is about to exit (the command
+// line); a running Caddy uses Close, which does not wait.
+func (p *Pool) Drain(ctx context.Context) {
+	p.mu.Lock()
+	var idle []*Client
+	for _, list := range p.idle {
+		for _, s := range list {
+			idle = append(idle, s.c)
+		}
+	}
+	p.idle = map[Key][]idleSession{}
+	for _, c := range idle {
+		if group, ok := p.group[c]; ok {
+			delete(p.group, c)
+			p.open[group]--
+		}
+	}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range idle {
+		wg.Go(func() { _ = c.Quit() })
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}

@@ -1,0 +1,262 @@
+package caddysmtp
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+
+	"github.com/seed7b014b84/caddy-smtp/rules"
+	"github.com/seed7b014b84/caddy-smtp/strategy"
+	"github.com/seed7b014b84/caddy-smtp/transport"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "smtp-plan",
+		Usage: "[--config <path> [--adapter <name>]] [--retry <n>] [--json] <domain>",
+		Short: "Prints the connection plan the smtp app makes for a domain, sending nothing",
+		Long: `
+Prints where mail for the domain would go with the smtp app of the given
+config (the default Caddyfile, or --config): the route its next_hop gives,
+then the hosts in order, each with its addresses in order, the source
+address and EHLO name per address, and the TLS policy. It looks up DNS, but
+connects to nothing. --retry sets retry_num for rules that depend on it.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.Flags().StringP("config", "c", "", "Configuration file")
+			cmd.Flags().StringP("adapter", "a", "", "Name of config adapter to apply")
+			cmd.Flags().Int("retry", 0, "retry_num, for rule lists")
+			cmd.Flags().Bool("json", false, "Print the plan as JSON")
+			cmd.Args = cobra.ExactArgs(1)
+			cmd.RunE = caddycmd.WrapCommandFuncForCobra(cmdPlan)
+		},
+	})
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "smtp-send",
+		Usage: "--from <address> --to <address> [--to <address>...] [--config <path> [--adapter <name>]] < message",
+		Short: "Delivers one message read from standard input, and prints the report",
+		Long: `
+Delivers the RFC 5322 message read from standard input to the recipients,
+with the smtp app of the given config (the default Caddyfile, or --config),
+and prints the delivery report as JSON. The exit status is 0 when every
+recipient was delivered, 1 otherwise.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.Flags().StringP("config", "c", "", "Configuration file")
+			cmd.Flags().StringP("adapter", "a", "", "Name of config adapter to apply")
+			cmd.Flags().String("from", "", "Envelope sender (empty for a bounce)")
+			cmd.Flags().StringArray("to", nil, "Envelope recipient (repeatable)")
+			cmd.Flags().Duration("timeout", 15*time.Minute, "Give up after this long")
+			cmd.Args = cobra.NoArgs
+			cmd.RunE = caddycmd.WrapCommandFuncForCobra(cmdSend)
+		},
+	})
+}
+
+// loadApp provisions the smtp app of the config file, alone (no other app
+// of the config is started, so nothing listens).
+func loadApp(fl caddycmd.Flags) (*App, error) {
+	raw, _, _, err := caddycmd.LoadConfig(fl.String("config"), fl.String("adapter"))
+	if err != nil {
+		return nil, err
+	}
+	var cfg struct {
+		Apps map[string]json.RawMessage `json:"apps"`
+	}
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &cfg); err != nil {
+			return nil, fmt.Errorf("reading config: %w", err)
+		}
+	}
+	smtpRaw := cfg.Apps["smtp"]
+	if len(smtpRaw) == 0 {
+		smtpRaw = json.RawMessage("{}")
+	}
+	ctx, err := caddy.ProvisionContext(&caddy.Config{
+		Admin:   &caddy.AdminConfig{Disabled: true},
+		AppsRaw: caddy.ModuleMap{"smtp": smtpRaw},
+	})
+	if err != nil {
+		return nil, err
+	}
+	app, err := ctx.App("smtp")
+	if err != nil {
+		return nil, err
+	}
+	return app.(*App), nil
+}
+
+func cmdPlan(fl caddycmd.Flags) (int, error) {
+	app, err := loadApp(fl)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	defer func() { _ = app.Cleanup() }()
+	domain := strings.ToLower(strings.TrimSuffix(fl.Arg(0), "."))
+	vars := rules.Vars{RetryNum: int64(fl.Int("retry")), Rcpt: "postmaster@" + domain, RcptDomain: domain}
+	hop, err := app.NextHop.Eval(&vars)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	dest := strategy.Destination{Domain: domain}
+	var remote *Remote
+	if hop != MX {
+		remote = app.Remotes[string(hop)]
+		dest.Remote = &strategy.Remote{Name: string(hop), Address: remote.Address, Port: uint16(remote.Port)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	plan, planErr := app.Planner().Plan(ctx, dest, vars)
+	if plan == nil {
+		return 1, planErr
+	}
+	policies := make([]tlsPlan, len(plan.Hosts))
+	for i := range plan.Hosts {
+		hv := vars
+		hv.MX = plan.Hosts[i].Name
+		policies[i] = app.tlsPlan(&plan.Hosts[i], remote, &hv)
+	}
+	if fl.Bool("json") {
+		out := struct {
+			*strategy.Plan
+			TLS []tlsPlan `json:"tls"`
+		}{plan, policies}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "\t")
+		if err := enc.Encode(out); err != nil {
+			return 1, err
+		}
+	} else {
+		printPlan(os.Stdout, plan, policies)
+	}
+	if planErr != nil {
+		return 1, planErr
+	}
+	return 0, nil
+}
+
+// tlsPlan is the TLS policy a session with a host would have.
+type tlsPlan struct {
+	StartTLS          transport.TLSMode `json:"starttls"`
+	Implicit          bool              `json:"implicit,omitempty"`
+	AllowInvalidCerts bool              `json:"allow_invalid_certs,omitempty"`
+	MTASTS            transport.TLSMode `json:"mta_sts"`
+	DANE              transport.TLSMode `json:"dane"`
+}
+
+func (a *App) tlsPlan(h *strategy.Host, remote *Remote, vars *rules.Vars) tlsPlan {
+	var p tlsPlan
+	if o, err := a.sessionOptions(h, remote, vars); err == nil {
+		p.StartTLS, p.Implicit, p.AllowInvalidCerts = o.StartTLS, o.ImplicitTLS, o.AllowInvalidCerts
+	}
+	if remote == nil {
+		p.MTASTS, _ = a.TLS.MTASTS.Eval(vars)
+		p.DANE, _ = a.TLS.DANE.Eval(vars)
+	} else {
+		p.MTASTS, p.DANE = transport.TLSDisable, transport.TLSDisable // no MX lookup: no MTA-STS or DANE
+	}
+	return p
+}
+
+func printPlan(w io.Writer, plan *strategy.Plan, policies []tlsPlan) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if plan.Remote != "" {
+		fmt.Fprintf(tw, "route:\tremote %s\n", plan.Remote)
+	} else {
+		kind := "MX"
+		if plan.Implicit {
+			kind = "implicit MX (no MX records)"
+		}
+		fmt.Fprintf(tw, "route:\t%s of %s (DNSSEC %s)\n", kind, plan.Domain, plan.MXSecurity)
+	}
+	for i, h := range plan.Hosts {
+		p := policies[i]
+		fmt.Fprintf(tw, "\nhost %d:\t%s (preference %d)\n", i+1, h.Name, h.Preference)
+		if h.Err != nil {
+			fmt.Fprintf(tw, "\tskipped: %v\n", h.Err)
+			continue
+		}
+		fmt.Fprintf(tw, "\tip_strategy %s, fallback_delay %s, connect timeout %s, addresses DNSSEC %s\n",
+			h.Strategy, h.FallbackDelay, h.ConnectTimeout, h.AddrSecurity)
+		tlsLine := "starttls " + string(p.StartTLS)
+		if p.Implicit {
+			tlsLine = "implicit TLS"
+		}
+		if p.AllowInvalidCerts {
+			tlsLine += ", certificates not checked"
+		}
+		fmt.Fprintf(tw, "\ttls: %s; mta_sts %s; dane %s\n", tlsLine, p.MTASTS, p.DANE)
+		for j, c := range h.Candidates {
+			src := "kernel's choice"
+			if len(c.Sources) > 0 {
+				var names []string
+				for _, s := range c.Sources {
+					names = append(names, s.Addr.String())
+				}
+				src = strings.Join(names, ", then ")
+			}
+			fmt.Fprintf(tw, "\t%d. %s\tfrom %s\tEHLO %s\n", j+1, c.Addr, src, c.EHLO)
+		}
+	}
+	_ = tw.Flush()
+}
+
+func cmdSend(fl caddycmd.Flags) (int, error) {
+	to, err := fl.GetStringArray("to")
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	if len(to) == 0 {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("--to: at least one recipient")
+	}
+	body, err := io.ReadAll(io.LimitReader(os.Stdin, 1<<30))
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("reading the message from standard input: %w", err)
+	}
+	app, err := loadApp(fl)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		app.ConnPool().Drain(ctx)
+		cancel()
+		_ = app.Cleanup()
+	}()
+	msg := &Message{From: fl.String("from"), Body: bytes.NewReader(body), Size: int64(len(body)), EightBit: !isASCII(body)}
+	for _, r := range to {
+		msg.To = append(msg.To, transport.Recipient{Addr: r})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), fl.Duration("timeout"))
+	defer cancel()
+	report, err := app.Deliver(ctx, msg)
+	if err != nil {
+		return 1, err
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "\t")
+	if err := enc.Encode(report); err != nil {
+		return 1, err
+	}
+	if d, _, _ := report.Counts(); d != len(report.Recipients) {
+		return 1, nil
+	}
+	return 0, nil
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}

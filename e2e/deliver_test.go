@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/peertest"
+)
+
+// mailLab is the world the end-to-end deliveries go to: Knot serving
+// mail.test behind unbound, an MX host (smtp-sink on port 25 of its own
+// loopback address), a relay (smtp-sink) and a message store (Dovecot
+// LMTP).
+type mailLab struct {
+	unbound *peertest.Unbound
+	mx      *peertest.Sink
+	relay   *peertest.Sink
+	store   *peertest.Dovecot
+}
+
+func startMailLab(t *testing.T) *mailLab {
+	t.Helper()
+	knot := peertest.StartKnot(t, peertest.KnotOptions{Zones: []peertest.Zone{{Name: "mail.test", Records: `
+good MX 10 mx1.good
+mx1.good A 127.84.0.10
+`}}})
+	return &mailLab{
+		unbound: peertest.StartUnbound(t, peertest.UnboundOptions{Knot: knot}),
+		mx:      peertest.StartSink(t, peertest.SinkOptions{Addr: "127.84.0.10", Port: 25}),
+		relay:   peertest.StartSink(t, peertest.SinkOptions{}),
+		store:   peertest.StartDovecot(t, peertest.DovecotOptions{Users: []string{"alice@foobar.net"}}),
+	}
+}
+
+// smtpOption is the smtp global option for the lab.
+func (l *mailLab) smtpOption() string {
+	return fmt.Sprintf(`	smtp {
+		hostname out.example.org
+		resolver udp://%s
+		ip_strategy ipv4_only
+		next_hop {
+			if rcpt_domain in_list local store
+			if "rcpt_domain == 'relay.test'" relay
+			else false
+		}
+		list local foobar.net
+		remote store {
+			address 127.0.0.1
+			port %d
+			protocol lmtp
+			tls {
+				allow_invalid_certs
+			}
+		}
+		remote relay {
+			address 127.0.0.1
+			port %d
+		}
+	}
+`, l.unbound.Addr, l.store.Port, l.relay.Port)
+}
+
+// runCaddy runs the binary on a Caddyfile until the test ends.
+func runCaddy(t *testing.T, caddyfile string) *lockedBuffer {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "Caddyfile")
+	require.NoError(t, os.WriteFile(path, []byte(caddyfile), 0o644))
+	logs := new(lockedBuffer)
+	cmd := exec.Command(caddyBin, "run", "--config", path)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("caddy output:\n%s", logs.String())
+		}
+	})
+	return logs
+}
+
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	}, 20*time.Second, 100*time.Millisecond, "%s did not come up", url)
+}
+
+// TestHTTPSendAndCommands runs the binary with the smtp app and an HTTP
+// send endpoint, and delivers by MX (DNS from Knot through unbound), to a
+// relay and over LMTP to Dovecot, through the HTTP handler and the
+// command line.
+func TestHTTPSendAndCommands(t *testing.T) {
+	l := startMailLab(t)
+	admin, httpPort := freePort(t), freePort(t)
+	caddyfile := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n%s}\n\nhttp://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tsmtp_send {\n\t\tmax_size 1MB\n\t}\n}\n",
+		admin, l.smtpOption(), httpPort)
+	runCaddy(t, caddyfile)
+	base := fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
+	waitHTTP(t, base)
+
+	body := "From: web@example.org\r\nSubject: e2e\r\n\r\nhello\r\n"
+	for _, to := range []string{"x@good.mail.test", "y@relay.test", "alice@foobar.net"} {
+		resp, err := http.Post(base+"?from=web@example.org&to="+to, "message/rfc822", strings.NewReader(body))
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode, to)
+	}
+	assert.Equal(t, "out.example.org", l.mx.WaitMessages(t, 1, 10*time.Second)[0].Helo, "delivered by MX")
+	assert.Len(t, l.relay.WaitMessages(t, 1, 10*time.Second), 1)
+	assert.Len(t, l.store.WaitMessages(t, "alice@foobar.net", 1, 10*time.Second), 1)
+
+	cfgPath := filepath.Join(t.TempDir(), "Caddyfile")
+	require.NoError(t, os.WriteFile(cfgPath, []byte("{\n"+l.smtpOption()+"}\n"), 0o644))
+	t.Run("smtp-plan", func(t *testing.T) {
+		out, stderr, err := caddy(t, "smtp-plan", "--config", cfgPath, "good.mail.test")
+		require.NoError(t, err, stderr)
+		assert.Contains(t, out, "MX of good.mail.test")
+		assert.Contains(t, out, "mx1.good.mail.test")
+		assert.Contains(t, out, "127.84.0.10:25")
+		assert.Contains(t, out, "EHLO out.example.org")
+		assert.Contains(t, out, "starttls optional")
+	})
+	t.Run("smtp-send", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, caddyBin, "smtp-send", "--config", cfgPath, "--from", "cli@example.org", "--to", "z@relay.test", "--to", "w@good.mail.test")
+		cmd.Stdin = strings.NewReader("Subject: from the command line\n\nhi\n")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		require.NoError(t, cmd.Run(), stderr.String())
+		assert.Contains(t, stdout.String(), `"status": "delivered"`)
+		assert.Len(t, l.relay.WaitMessages(t, 2, 10*time.Second), 2)
+		assert.Len(t, l.mx.WaitMessages(t, 2, 10*time.Second), 2)
+	})
+}

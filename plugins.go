@@ -5,4 +5,5 @@ package caddysmtp
 // them in too.
 import (
 	_ "github.com/seed7b014b84/caddy-smtp/httpsend"
+	_ "github.com/seed7b014b84/caddy-smtp/l4submission"
 )

@@ -1,0 +1,332 @@
+package l4submission
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/emersion/go-smtp"
+	"github.com/mholt/caddy-l4/layer4"
+	"go.uber.org/zap"
+
+	"github.com/seed7b014b84/caddy-smtp/delivery"
+)
+
+func init() {
+	caddy.RegisterModule(&Handler{})
+}
+
+// Handler is a layer4 connection handler that receives mail over SMTP and
+// relays each message through the `smtp` app's Deliver, answering the
+// client with the delivery's outcome (see the package documentation).
+//
+// Clients may relay only when they authenticated against Users or connect
+// from RelayNetworks; one of the two must be configured.
+type Handler struct {
+	// Hostname is the name the handler greets clients with (in the 220
+	// greeting and the EHLO reply) and writes in the Received header it
+	// adds. Caddy placeholders such as {env.SMTP_HOSTNAME} are replaced when
+	// the config loads. Default: the smtp app's hostname when it is a plain
+	// value, else the machine's host name.
+	Hostname string `json:"hostname,omitempty"`
+
+	// TLS enables STARTTLS with certificates from Caddy's tls app. Without
+	// it, STARTTLS is not offered.
+	TLS *TLS `json:"tls,omitempty"`
+
+	// Users may authenticate with AUTH PLAIN or AUTH LOGIN, and then relay
+	// from any address. Passwords are hashed as for Caddy's basic_auth
+	// (the output of `caddy hash-password`).
+	Users []User `json:"users,omitempty"`
+
+	// HashRaw is the algorithm the users' passwords are hashed with, a
+	// module of Caddy's http.authentication.hashes namespace:
+	// {"algorithm": "bcrypt"} or {"algorithm": "argon2id"}. Default: bcrypt.
+	HashRaw json.RawMessage `json:"hash,omitempty" caddy:"namespace=http.authentication.hashes inline_key=algorithm"`
+
+	// AllowInsecureAuth offers AUTH on connections without TLS, so that
+	// passwords cross the network in the clear. Only for a network you
+	// control. Default: false: AUTH is offered only after STARTTLS.
+	AllowInsecureAuth bool `json:"allow_insecure_auth,omitempty"`
+
+	// RelayNetworks are the client addresses that may relay without
+	// authenticating: CIDR ranges ("10.0.0.0/8") or single addresses. It is
+	// checked at MAIL against the client's address. Default: none.
+	RelayNetworks []string `json:"relay_networks,omitempty"`
+
+	// MaxMessageSize is the largest message accepted, in bytes: it is
+	// announced in EHLO (SIZE), a larger SIZE= at MAIL is refused, and a
+	// message that grows past it is refused with 552. Default: 26214400
+	// (25 MiB).
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// MaxRecipients is the most recipients one message may have; RCPT
+	// beyond it gets 452, which clients answer by sending the rest in
+	// another transaction. Default: 100, the minimum RFC 5321 (4.5.3.1.8)
+	// asks servers to accept.
+	MaxRecipients int `json:"max_recipients,omitempty"`
+
+	// ReadTimeout bounds the wait for each command, and for the whole of a
+	// message sent with DATA or of one BDAT chunk. Default: 5m, RFC 5321's
+	// server timeout (4.5.3.2.7).
+	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
+
+	// WriteTimeout bounds the sending of each reply. Default: 1m.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// DeliveryTimeout bounds the delivery of one message, between the end
+	// of its data and the reply; recipients not delivered by then are
+	// deferred, and the client gets 451. Default: 5m, half of the 10
+	// minutes that RFC 5321 (4.5.3.2.6) lets a client wait for that reply.
+	DeliveryTimeout caddy.Duration `json:"delivery_timeout,omitempty"`
+
+	ctx       caddy.Context
+	logger    *zap.Logger
+	app       delivery.Sender
+	tlsConfig *tls.Config
+	auth      *authenticator
+	relay     []netip.Prefix
+}
+
+// TLS is the STARTTLS setup.
+type TLS struct {
+	// ConnectionPolicies choose the certificate and TLS settings from the
+	// client's ClientHello, as in Caddy's tls app and layer4's tls
+	// handler. The certificates come from the tls app: load them
+	// (certificates.load_files, load_pem) or have it obtain them
+	// (certificates.automate). A policy without default_sni gets Hostname
+	// as its default_sni, since mail clients seldom send SNI, and a policy
+	// without alpn offers none (Caddy's default, h2 and http/1.1, is for
+	// HTTP). Default: one policy that serves the tls app's certificate for
+	// the client's SNI, else for the connection's local address, else for
+	// Hostname.
+	ConnectionPolicies caddytls.ConnectionPolicies `json:"connection_policies,omitempty"`
+}
+
+// The defaults Provision sets; the field comments explain each choice.
+const (
+	defaultMaxMessageSize  = 25 << 20
+	defaultMaxRecipients   = 100
+	defaultReadTimeout     = 5 * time.Minute
+	defaultWriteTimeout    = time.Minute
+	defaultDeliveryTimeout = 5 * time.Minute
+)
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "layer4.handlers.smtp_submission",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets the defaults, takes the smtp app, and sets up TLS, the
+// users and the relay networks.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.ctx = ctx
+	h.logger = ctx.Logger(h)
+
+	if err := h.checkRelayPolicy(); err != nil {
+		return err
+	}
+	appIface, err := ctx.App("smtp")
+	if err != nil {
+		return fmt.Errorf("getting the smtp app: %w", err)
+	}
+	sender, ok := appIface.(delivery.Sender)
+	if !ok {
+		return fmt.Errorf("the smtp app (%T) cannot deliver messages", appIface)
+	}
+	h.app = sender
+
+	if err := h.setDefaults(); err != nil {
+		return err
+	}
+	if h.relay, err = parseNetworks(h.RelayNetworks); err != nil {
+		return fmt.Errorf("relay_networks: %w", err)
+	}
+	if len(h.Users) > 0 {
+		if h.auth, err = newAuthenticator(ctx, h); err != nil {
+			return err
+		}
+	}
+	if h.TLS != nil {
+		if err := h.provisionTLS(ctx); err != nil {
+			return err
+		}
+	}
+	return registerMetrics(ctx.GetMetricsRegistry())
+}
+
+// checkRelayPolicy refuses a config that would make an open relay, and
+// users that could never authenticate.
+func (h *Handler) checkRelayPolicy() error {
+	if len(h.Users) == 0 && len(h.RelayNetworks) == 0 {
+		return errors.New("neither users nor relay_networks is set: that would make an open relay, " +
+			"which spammers find and use within hours; set users (clients then authenticate with AUTH) " +
+			"or relay_networks (the client addresses that may relay without authenticating), " +
+			"for example \"relay_networks\": [\"127.0.0.1/32\", \"::1/128\"]")
+	}
+	if len(h.Users) > 0 && h.TLS == nil && !h.AllowInsecureAuth {
+		return errors.New("users: AUTH is offered only after STARTTLS, and tls is not set: " +
+			"set tls (with a certificate in the tls app), or allow_insecure_auth on a network you control")
+	}
+	return nil
+}
+
+func (h *Handler) setDefaults() error {
+	repl := caddy.NewReplacer()
+	if h.Hostname == "" {
+		h.Hostname = h.app.DefaultHostname()
+	}
+	hostname, err := repl.ReplaceOrErr(h.Hostname, true, true)
+	if err != nil {
+		return fmt.Errorf("hostname: %w", err)
+	}
+	h.Hostname = hostname
+	if h.MaxMessageSize < 0 {
+		return fmt.Errorf("max_message_size: %d is negative", h.MaxMessageSize)
+	}
+	if h.MaxMessageSize == 0 {
+		h.MaxMessageSize = defaultMaxMessageSize
+	}
+	if h.MaxRecipients < 0 {
+		return fmt.Errorf("max_recipients: %d is negative", h.MaxRecipients)
+	}
+	if h.MaxRecipients == 0 {
+		h.MaxRecipients = defaultMaxRecipients
+	}
+	for _, d := range []struct {
+		name string
+		v    *caddy.Duration
+		def  time.Duration
+	}{
+		{"read_timeout", &h.ReadTimeout, defaultReadTimeout},
+		{"write_timeout", &h.WriteTimeout, defaultWriteTimeout},
+		{"delivery_timeout", &h.DeliveryTimeout, defaultDeliveryTimeout},
+	} {
+		if *d.v < 0 {
+			return fmt.Errorf("%s: %v is negative", d.name, time.Duration(*d.v))
+		}
+		if *d.v == 0 {
+			*d.v = caddy.Duration(d.def)
+		}
+	}
+	return nil
+}
+
+// provisionTLS sets up the connection policies and builds the TLS config
+// that STARTTLS uses.
+func (h *Handler) provisionTLS(ctx caddy.Context) error {
+	if len(h.TLS.ConnectionPolicies) == 0 {
+		h.TLS.ConnectionPolicies = caddytls.ConnectionPolicies{new(caddytls.ConnectionPolicy)}
+	}
+	for _, p := range h.TLS.ConnectionPolicies {
+		if p.DefaultSNI == "" {
+			p.DefaultSNI = h.Hostname
+		}
+		if p.ALPN == nil {
+			// Not Caddy's default (h2, http/1.1): a client that offers
+			// other protocols would fail the handshake.
+			p.ALPN = []string{}
+		}
+	}
+	if err := h.TLS.ConnectionPolicies.Provision(ctx); err != nil {
+		return fmt.Errorf("tls: setting up connection policies: %w", err)
+	}
+	h.tlsConfig = h.TLS.ConnectionPolicies.TLSConfig(ctx)
+	return nil
+}
+
+// Handle serves one SMTP connection until the client quits or the
+// connection ends. It is a terminal handler: next is not called.
+func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
+	conn := newSessionConn(cx)
+	cs := newConnState(h, cx.RemoteAddr())
+	srv := h.newServer(cs)
+
+	// When the config is unloaded, end the session at its next command
+	// (in-flight deliveries are cancelled with the config's context).
+	stop := context.AfterFunc(h.ctx, conn.drain)
+	defer stop()
+
+	err := srv.Serve(newOneConnListener(conn))
+	// Serve returns once the connection is closed; Shutdown waits for the
+	// goroutine that served it.
+	_ = srv.Shutdown(context.Background())
+	h.logSession(cs)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("serving smtp: %w", err)
+	}
+	return nil
+}
+
+// newServer makes the go-smtp server for one connection.
+func (h *Handler) newServer(cs *connState) *smtp.Server {
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return newSession(h, cs, c), nil
+	}))
+	srv.Domain = h.Hostname
+	srv.TLSConfig = h.tlsConfig
+	srv.MaxMessageBytes = h.MaxMessageSize
+	srv.MaxRecipients = h.MaxRecipients
+	srv.AllowInsecureAuth = h.AllowInsecureAuth
+	srv.ReadTimeout = time.Duration(h.ReadTimeout)
+	srv.WriteTimeout = time.Duration(h.WriteTimeout)
+	srv.EnableSMTPUTF8 = true
+	srv.EnableREQUIRETLS = true
+	srv.EnableDSN = true
+	srv.ErrorLog = errorLog{h.logger}
+	return srv
+}
+
+// logSession writes the one log line of a connection.
+func (h *Handler) logSession(cs *connState) {
+	s := cs.snapshot()
+	metricSession()
+	h.logger.Info("smtp session",
+		zap.String("remote", cs.remote.String()),
+		zap.String("helo", s.helo),
+		zap.String("tls", s.tls),
+		zap.String("user", s.user),
+		zap.Bool("relay_network", cs.inRelayNetworks),
+		zap.Int("delivered", s.delivered),
+		zap.Int("deferred", s.deferred),
+		zap.Int("refused", s.refused),
+		zap.Int("relay_denied", s.relayDenied),
+		zap.Int("auth_failures", s.authFailures),
+		zap.Int64("bytes", s.bytes),
+		zap.Duration("duration", time.Since(cs.start)),
+	)
+}
+
+// errorLog routes go-smtp's internal error log to zap: a panic as an
+// error, the rest (a client's broken connection, a failed handshake) at
+// debug level, since the session's own line says how it ended.
+type errorLog struct{ l *zap.Logger }
+
+func (e errorLog) Printf(format string, v ...any) { e.log(fmt.Sprintf(format, v...)) }
+func (e errorLog) Println(v ...any)               { e.log(fmt.Sprintln(v...)) }
+
+func (e errorLog) log(msg string) {
+	if strings.HasPrefix(msg, "panic") {
+		e.l.Error("smtp server", zap.String("error", msg))
+		return
+	}
+	e.l.Debug("smtp server", zap.String("error", msg))
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner  = (*Handler)(nil)
+	_ layer4.NextHandler = (*Handler)(nil)
+	_ smtp.Logger        = errorLog{}
+)

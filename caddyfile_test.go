@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard" // the examples use the http app and basic_auth
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

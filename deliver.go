@@ -47,7 +47,15 @@ func (r route) String() string {
 //
 // The error is only for a message that cannot be attempted at all (no
 // recipients, no body); every other outcome is in the report.
+//
+// Called on the app of a config that a reload replaced, it delivers with
+// the running config's app: new deliveries follow the new config.
 func (a *App) Deliver(ctx context.Context, msg *Message) (*Report, error) {
+	if cur := running.Load(); cur != nil && cur != a && a.stopped != nil && a.stopped.Load() {
+		// A caller still holding the app of a replaced config (a session
+		// that began before a reload): the running config delivers.
+		return cur.Deliver(ctx, msg)
+	}
 	if err := checkMessage(msg); err != nil {
 		return nil, err
 	}

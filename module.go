@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -99,6 +100,7 @@ type App struct {
 	pool            *transport.Pool
 	releasePool     func()
 	events          *caddyevents.App
+	stopped         *atomic.Bool // set by Stop; a pointer, as App is copied by value
 	// rootCAs verifies servers' certificates; nil is the system's roots
 	// (which SSL_CERT_FILE and SSL_CERT_DIR can point elsewhere).
 	rootCAs *x509.CertPool
@@ -154,6 +156,7 @@ func (a *App) UnmarshalJSON(b []byte) error {
 // lists.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
+	a.stopped = new(atomic.Bool)
 	a.logger = ctx.Logger()
 
 	if err := a.setDefaults(); err != nil {
@@ -432,6 +435,9 @@ func (a *App) Start() error {
 // deliveries in flight finish on their connections (the pool is shared
 // with the next config and released in Cleanup).
 func (a *App) Stop() error {
+	if a.stopped != nil {
+		a.stopped.Store(true)
+	}
 	running.CompareAndSwap(a, nil)
 	return nil
 }

@@ -112,6 +112,9 @@ func TestRunAndReload(t *testing.T) {
 	require.NoError(t, err)
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	body := strings.Replace(string(example), "{\n", "{\n\tadmin "+admin+"\n", 1)
+	// The example's listeners, on free ports.
+	body = strings.ReplaceAll(body, "127.0.0.1:2525", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	body = strings.ReplaceAll(body, "127.0.0.1:8025", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	cfgPath := filepath.Join(t.TempDir(), "Caddyfile")
 	require.NoError(t, os.WriteFile(cfgPath, []byte(body), 0o644))
 

@@ -253,9 +253,15 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	cs := newConnState(h, cx.RemoteAddr())
 	srv := h.newServer(cs)
 
-	// When the config is unloaded, end the session at its next command
-	// (in-flight deliveries are cancelled with the config's context).
-	stop := context.AfterFunc(h.ctx, conn.drain)
+	// When Caddy stops, end the session at its next command (421). When
+	// the config is only replaced (a reload: a new config is active by
+	// then), the session goes on: its deliveries in flight finish, and the
+	// next ones go through the new config's smtp app.
+	stop := context.AfterFunc(h.ctx, func() {
+		if caddy.ActiveContext().Context == nil {
+			conn.drain()
+		}
+	})
 	defer stop()
 
 	err := srv.Serve(newOneConnListener(conn))

@@ -176,12 +176,14 @@ func (s *session) relay(tx transaction, sp *spool, key messageKey) verdict {
 		msg := &delivery.Message{
 			From: tx.from, To: todo, Body: sp.ReaderAt(), Size: sp.Size(),
 			EightBit:   sp.eightBit || tx.opts.Body == smtp.Body8BitMIME,
-			SMTPUTF8:   tx.opts.UTF8,
+			SMTPUTF8:   tx.opts.UTF8 && headersNeedUTF8(sp.ReaderAt(), sp.Size()),
 			RequireTLS: tx.opts.RequireTLS,
 			Ret:        string(tx.opts.Return),
 			EnvID:      tx.opts.EnvelopeID,
 		}
-		ctx, cancel := context.WithTimeout(s.h.ctx, time.Duration(s.h.DeliveryTimeout))
+		// Not cancelled with the config: a delivery in flight during a
+		// reload finishes (bounded by delivery_timeout).
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(s.h.ctx), time.Duration(s.h.DeliveryTimeout))
 		var err error
 		report, err = s.h.app.Deliver(ctx, msg)
 		cancel()

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/postfixconf"
 )
 
 // relay is a private Postfix instance that relays everything it receives
@@ -95,29 +97,7 @@ func startRelay(ctx context.Context, dir string, sinkPort, conns, n int) (*relay
 	if err := os.WriteFile(filepath.Join(r.conf, "main.cf"), []byte(strings.Join(mainCF, "\n")+"\n"), 0o644); err != nil {
 		return nil, err
 	}
-	masterCF := r.inject + " inet n - n - - smtpd\n" + `pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-`
+	masterCF := postfixconf.Master(r.inject + " inet n - n - - smtpd")
 	if err := os.WriteFile(filepath.Join(r.conf, "master.cf"), []byte(masterCF), 0o644); err != nil {
 		return nil, err
 	}
@@ -207,8 +187,8 @@ func (r *relay) waitQueue(ctx context.Context, idle time.Duration, done func(inc
 // qmgr returns the pid of the running queue manager, or 0.
 func (r *relay) qmgr() int {
 	for _, p := range sessionProcs(r.proc.pid()) {
-		if p.comm == "qmgr" && !p.zombie {
-			return p.pid
+		if p.Comm == "qmgr" && !p.Zombie() {
+			return p.PID
 		}
 	}
 	return 0

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/procstat"
 )
 
 // This file is the command's small process runner: what internal/peertest
@@ -142,7 +144,7 @@ func (p *proc) stop(grace time.Duration) error {
 	for i := 0; ; i++ {
 		live := 0
 		for _, s := range sessionProcs(pgid) {
-			if !s.zombie {
+			if !s.Zombie() {
 				live++
 			}
 		}
@@ -186,66 +188,14 @@ func commandContext(ctx context.Context, argv ...string) *exec.Cmd {
 	return cmd
 }
 
-// procInfo is what /proc says about one process.
-type procInfo struct {
-	pid    int
-	comm   string
-	zombie bool
-	// cpu is utime+stime+cutime+cstime: its own CPU and that of the
-	// children it has reaped.
-	cpu time.Duration
-}
-
-// clockTicks is USER_HZ, the unit of /proc/PID/stat's times; 100 on every
-// Linux architecture Go supports.
-const clockTicks = 100
-
 // sessionProcs lists the processes of session sid (zombies included, since
-// their CPU time is not yet their parent's), from /proc/PID/stat.
-func sessionProcs(sid int) []procInfo {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var out []procInfo
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+// their CPU time is not yet their parent's).
+func sessionProcs(sid int) []procstat.Proc {
+	var out []procstat.Proc
+	for _, p := range procstat.All() {
+		if p.Session == sid {
+			out = append(out, p)
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// pid (comm) state ppid pgrp session tty tpgid flags minflt
-		// cminflt majflt cmajflt utime stime cutime cstime ...; comm may
-		// hold spaces and parentheses.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 15 {
-			continue
-		}
-		if s, err := strconv.Atoi(f[3]); err != nil || s != sid {
-			continue
-		}
-		var ticks int64
-		for _, k := range []int{11, 12, 13, 14} {
-			v, _ := strconv.ParseInt(f[k], 10, 64)
-			ticks += v
-		}
-		comm := ""
-		if j := bytes.IndexByte(b, '('); j >= 0 && j < i {
-			comm = string(b[j+1 : i])
-		}
-		out = append(out, procInfo{
-			pid:    pid,
-			comm:   comm,
-			zombie: f[0] == "Z" || f[0] == "X",
-			cpu:    time.Duration(ticks) * time.Second / clockTicks,
-		})
 	}
 	return out
 }
@@ -256,7 +206,7 @@ func sessionProcs(sid int) []procInfo {
 func sessionCPU(sid int) time.Duration {
 	var d time.Duration
 	for _, p := range sessionProcs(sid) {
-		d += p.cpu
+		d += p.CPU
 	}
 	return d
 }
@@ -266,7 +216,7 @@ func sessionCPU(sid int) time.Duration {
 func cpuByName(sid int) map[string]time.Duration {
 	m := map[string]time.Duration{}
 	for _, p := range sessionProcs(sid) {
-		m[p.comm] += p.cpu
+		m[p.Comm] += p.CPU
 	}
 	return m
 }
@@ -326,15 +276,15 @@ func sampleSession(sid int, period time.Duration, pssEvery int) *memSampler {
 			var rss, pss int64
 			n := 0
 			for _, p := range sessionProcs(sid) {
-				if p.zombie {
+				if p.Zombie() {
 					continue
 				}
 				n++
-				if v, err := statusKB(strconv.Itoa(p.pid), "VmRSS"); err == nil {
+				if v, err := statusKB(strconv.Itoa(p.PID), "VmRSS"); err == nil {
 					rss += v
 				}
 				if withPSS {
-					pss += smapsPSS(p.pid)
+					pss += smapsPSS(p.PID)
 				}
 			}
 			m.peakRSS, m.peakPSS, m.procs = max(m.peakRSS, rss), max(m.peakPSS, pss), max(m.procs, n)
@@ -402,7 +352,7 @@ func machineBusy() time.Duration {
 		v, _ := strconv.ParseInt(f[k], 10, 64)
 		ticks += v
 	}
-	return time.Duration(ticks) * time.Second / clockTicks
+	return time.Duration(ticks) * time.Second / procstat.ClockTicks
 }
 
 // window is a measurement's span, to tell how much CPU the sink and the

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/postfixconf"
 )
 
 // PostfixOptions configures StartPostfix.
@@ -246,34 +248,9 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 	}
 	writeFile(t, filepath.Join(p.ConfigDir, "main.cf"), []byte(strings.Join(mainCF, "\n")+"\n"))
 
-	masterCF := fmt.Sprintf(`# service type  private unpriv  chroot  wakeup  maxproc command
-%s inet n - n - - smtpd
-%s inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-`, p.SMTPAddr, p.SMTPSAddr)
+	masterCF := postfixconf.Master(
+		p.SMTPAddr+" inet n - n - - smtpd",
+		p.SMTPSAddr+" inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt")
 	writeFile(t, filepath.Join(p.ConfigDir, "master.cf"), []byte(masterCF))
 
 	// Postfix programs (master, postconf too) wait, in steps of 300 ms,

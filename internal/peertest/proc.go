@@ -8,12 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/procstat"
 )
 
 // ReadyTimeout bounds how long a Start function waits for its peer to
@@ -263,33 +264,12 @@ func (p *proc) stop(t testing.TB, grace time.Duration) {
 }
 
 // groupMembers returns the pids of the processes of a process group that
-// are not zombies, from /proc/PID/stat.
+// are not zombies.
 func groupMembers(pgid int) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
 	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		if g, err := strconv.Atoi(f[2]); err == nil && g == pgid {
-			pids = append(pids, pid)
+	for _, p := range procstat.All() {
+		if p.PGRP == pgid && !p.Zombie() {
+			pids = append(pids, p.PID)
 		}
 	}
 	return pids

@@ -35,11 +35,12 @@ import (
 
 const childEnv = "STRATEGY_NETNS_CHILD"
 
-// childJob is what the child is asked to do.
+// childJob is what the child is asked to do: one connection per host (a
+// plan's host each time: each plan picks its sources anew), one after
+// another.
 type childJob struct {
-	Host  Host `json:"host"`
-	Count int  `json:"count"` // connections to make, one after another
-	Mail  bool `json:"mail"`  // send a message on each
+	Hosts []Host `json:"hosts"`
+	Mail  bool   `json:"mail"` // send a message on each
 }
 
 // childResult is one connection the child made (or failed to make).
@@ -61,9 +62,9 @@ func TestNetnsChild(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(spec), &job))
 	enc := json.NewEncoder(os.Stdout)
 	var d Dialer
-	for range job.Count {
+	for _, host := range job.Hosts {
 		start := time.Now()
-		conn, err := d.DialHost(context.Background(), &job.Host)
+		conn, err := d.DialHost(context.Background(), &host)
 		r := childResult{Elapsed: time.Since(start)}
 		if err != nil {
 			r.Err = err.Error()
@@ -162,10 +163,11 @@ func (l *netLab) plan(t *testing.T, domain string, over map[string]string) Host 
 	return plan.Hosts[0]
 }
 
-// run has the child dial host count times in the client namespace.
-func (l *netLab) run(t *testing.T, host Host, count int, mail bool) []childResult {
+// run has the child dial each host once in the client namespace.
+func (l *netLab) run(t *testing.T, hosts []Host, mail bool) []childResult {
 	t.Helper()
-	spec, err := json.Marshal(childJob{Host: host, Count: count, Mail: mail})
+	count := len(hosts)
+	spec, err := json.Marshal(childJob{Hosts: hosts, Mail: mail})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -209,7 +211,7 @@ func TestNetnsFallback(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			host := l.plan(t, tt.domain, map[string]string{"ip_strategy": `"` + tt.strategy + `"`, "connect": `"5s"`})
 			require.Len(t, host.Candidates, 2)
-			r := l.run(t, host, 1, false)[0]
+			r := l.run(t, []Host{host}, false)[0]
 			require.Empty(t, r.Err)
 			t.Logf("connected to %s in %s", r.Addr, r.Elapsed)
 			assert.Equal(t, tt.want, r.Addr)
@@ -222,7 +224,7 @@ func TestNetnsFallback(t *testing.T) {
 
 	t.Run("without happy eyeballs a dropped family costs the connect timeout", func(t *testing.T) {
 		host := l.plan(t, "dropped.he.test", map[string]string{"ip_strategy": `"ipv6_then_ipv4"`, "connect": `"1s"`, "fallback_delay": `"off"`})
-		r := l.run(t, host, 1, false)[0]
+		r := l.run(t, []Host{host}, false)[0]
 		require.Empty(t, r.Err)
 		assert.Equal(t, "198.51.100.2:25", r.Addr)
 		assert.GreaterOrEqual(t, r.Elapsed, time.Second)
@@ -232,11 +234,11 @@ func TestNetnsFallback(t *testing.T) {
 	t.Run("errors name address, family, source and reason", func(t *testing.T) {
 		host := l.plan(t, "dropped.he.test", map[string]string{"ip_strategy": `"ipv6_only"`, "connect": `"300ms"`,
 			"v6": `["2001:db8:1::11"]`})
-		r := l.run(t, host, 1, false)[0]
+		r := l.run(t, []Host{host}, false)[0]
 		assert.Contains(t, r.Err, "dial [2001:db8:1::99]:25 (ipv6) from 2001:db8:1::11: connect timeout (300ms) expired")
 
 		host = l.plan(t, "refused.he.test", map[string]string{"ip_strategy": `"ipv6_only"`})
-		r = l.run(t, host, 1, false)[0]
+		r = l.run(t, []Host{host}, false)[0]
 		assert.Contains(t, r.Err, "dial [2001:db8:1::3]:25 (ipv6) from any source: connect: connection refused")
 	})
 }
@@ -253,11 +255,14 @@ func TestNetnsSources(t *testing.T) {
 	}
 	p := &Planner{Settings: settings(t, over), DNS: l.dns}
 	const n = 50
-	sent := map[string]int{}
+	hosts := make([]Host, n)
 	for i := range n {
 		plan, err := p.Plan(t.Context(), Destination{Domain: "both.he.test"}, rules.Vars{RetryNum: int64(i % 2)})
 		require.NoError(t, err)
-		r := l.run(t, plan.Hosts[0], 1, true)[0]
+		hosts[i] = plan.Hosts[0]
+	}
+	sent := map[string]int{}
+	for _, r := range l.run(t, hosts, true) {
 		require.Empty(t, r.Err)
 		sent[r.Source]++
 		if r.Source == "198.51.100.12" {
@@ -281,6 +286,6 @@ func TestNetnsSources(t *testing.T) {
 
 	// A source the machine does not have, alone, is an error naming it.
 	host := l.plan(t, "both.he.test", map[string]string{"ip_strategy": `"ipv4_only"`, "v4": `["198.51.100.77"]`})
-	r := l.run(t, host, 1, false)[0]
+	r := l.run(t, []Host{host}, false)[0]
 	assert.Contains(t, r.Err, "from 198.51.100.77: source address is not on this machine")
 }

@@ -162,12 +162,19 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 			lastErr = err
 			continue
 		}
+		policy := basePolicy(opts)
+		if remote == nil {
+			if policy, err = a.applyDANE(ctx, plan, h, &hv, &opts); err != nil {
+				lastErr = err
+				continue
+			}
+		}
 		group, limit := "mx:"+h.Name, 0
 		if remote != nil {
 			group, limit = "remote:"+key.remote, remote.Concurrency
 		}
 		for attempt := 0; attempt < 2; attempt++ {
-			c, err := a.pool.Session(ctx, poolKeys(h, opts), group, limit, func(ctx context.Context) (*transport.Client, error) {
+			c, err := a.pool.Session(ctx, poolKeys(h, opts, policy), group, limit, func(ctx context.Context) (*transport.Client, error) {
 				conn, err := (&strategy.Dialer{}).DialHost(ctx, h)
 				if err != nil {
 					return nil, err
@@ -188,7 +195,7 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 			}
 			results, derr := c.Deliver(ctx, env, io.NewSectionReader(msg.Body, 0, msg.Size))
 			info := sessionInfo(h, c)
-			a.pool.Release(poolKeyOf(c, opts), c)
+			a.pool.Release(poolKeyOf(c, opts, policy), c)
 			if derr != nil && reused && noReply(results) && attempt == 0 {
 				// A kept connection that the server had given up on:
 				// once more on a new one.
@@ -198,6 +205,7 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 				rr := &report.Recipients[i]
 				rr.Route, rr.Duration = key.String(), time.Since(start)
 				rr.Host, rr.Address, rr.Source, rr.TLSVersion, rr.TLSCipher = info.host, info.addr, info.source, info.tlsVersion, info.tlsCipher
+				rr.TLSPolicy = policy
 				res := results[j]
 				rr.Status = res.Status
 				if res.Reply.Code != 0 {
@@ -271,9 +279,10 @@ func (a *App) sessionOptions(h *strategy.Host, remote *Remote, vars *rules.Vars)
 }
 
 // tlsPolicy names the TLS settings a session was made under, for its pool
-// key.
-func tlsPolicy(o transport.Options) string {
-	p := string(o.StartTLS)
+// key: a session made under one policy never carries a message of another
+// (a session whose certificate was not checked never carries a DANE one).
+func tlsPolicy(o transport.Options, policy string) string {
+	p := policy + "/" + string(o.StartTLS)
 	if o.ImplicitTLS {
 		p = "implicit"
 	}
@@ -292,10 +301,10 @@ func authName(o transport.Options) string {
 
 // poolKeys are the keys of the sessions that could carry a message to h:
 // one per candidate address, with its first source.
-func poolKeys(h *strategy.Host, o transport.Options) []transport.Key {
+func poolKeys(h *strategy.Host, o transport.Options, policy string) []transport.Key {
 	keys := make([]transport.Key, 0, len(h.Candidates))
 	for _, c := range h.Candidates {
-		k := transport.Key{Addr: c.Addr, ServerName: h.Name, TLS: tlsPolicy(o), EHLO: c.EHLO, Auth: authName(o), Protocol: o.Protocol}
+		k := transport.Key{Addr: c.Addr, ServerName: o.ServerName, TLS: tlsPolicy(o, policy), EHLO: c.EHLO, Auth: authName(o), Protocol: o.Protocol}
 		if len(c.Sources) > 0 {
 			k.Source = c.Sources[0].Addr
 		}
@@ -305,8 +314,8 @@ func poolKeys(h *strategy.Host, o transport.Options) []transport.Key {
 }
 
 // poolKeyOf is the key of a session, from its connection.
-func poolKeyOf(c *transport.Client, o transport.Options) transport.Key {
-	k := transport.Key{ServerName: o.ServerName, TLS: tlsPolicy(o), EHLO: c.Hostname(), Auth: authName(o), Protocol: o.Protocol}
+func poolKeyOf(c *transport.Client, o transport.Options, policy string) transport.Key {
+	k := transport.Key{ServerName: o.ServerName, TLS: tlsPolicy(o, policy), EHLO: c.Hostname(), Auth: authName(o), Protocol: o.Protocol}
 	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		k.Addr = ra.AddrPort()
 		k.Addr = netip.AddrPortFrom(k.Addr.Addr().Unmap(), k.Addr.Port())
@@ -339,7 +348,7 @@ func (a *App) logOutcome(msg *Message, rr RecipientReport) {
 	fields := []zap.Field{
 		zap.String("from", msg.From), zap.String("rcpt", rr.Rcpt), zap.String("route", rr.Route),
 		zap.String("host", rr.Host), zap.String("address", rr.Address), zap.String("source", rr.Source),
-		zap.String("tls", rr.TLSVersion), zap.Duration("duration", rr.Duration),
+		zap.String("tls", rr.TLSVersion), zap.String("tls_policy", rr.TLSPolicy), zap.Duration("duration", rr.Duration),
 	}
 	if rr.Reply != nil {
 		fields = append(fields, zap.String("reply", rr.Reply.String()))

@@ -57,7 +57,7 @@ func (a *App) emit(msg *Message, rr RecipientReport) {
 	data := map[string]any{
 		"from": msg.From, "rcpt": rr.Rcpt, "status": rr.Status.String(), "route": rr.Route,
 		"host": rr.Host, "address": rr.Address, "source": rr.Source,
-		"tls_version": rr.TLSVersion, "tls_cipher": rr.TLSCipher,
+		"tls_version": rr.TLSVersion, "tls_cipher": rr.TLSCipher, "tls_policy": rr.TLSPolicy,
 		"error": rr.Error, "duration_ms": rr.Duration.Milliseconds(),
 	}
 	if rr.Reply != nil {

@@ -62,6 +62,9 @@ type RecipientReport struct {
 	// TLSVersion and TLSCipher describe the session's TLS, empty without.
 	TLSVersion string `json:"tls_version,omitempty"`
 	TLSCipher  string `json:"tls_cipher,omitempty"`
+	// TLSPolicy is the TLS policy the session was under: "none",
+	// "opportunistic", "required", "dane" or "dane-unauthenticated".
+	TLSPolicy string `json:"tls_policy,omitempty"`
 	// Reply is the server's reply that decided the outcome.
 	Reply *transport.Reply `json:"reply,omitempty"`
 	// Error says why, when no reply did (DNS, connection, TLS, timeout).

@@ -99,6 +99,10 @@ type Host struct {
 	// AddrSecurity is the DNSSEC status of the address answers (secure
 	// only if every one used was).
 	AddrSecurity resolver.Security `json:"addr_dnssec"`
+	// AddrName is the name the addresses belong to, after any CNAMEs: the
+	// TLSA base domain of DANE (RFC 7672, section 2.2.2). Empty for an IP
+	// address.
+	AddrName string `json:"addr_name,omitempty"`
 	// Err says why the host has no candidates (a DNS failure, or no
 	// address of the only family allowed); nil when it has some.
 	Err error `json:"-"`
@@ -243,11 +247,11 @@ func (p *Planner) planHost(ctx context.Context, h *Host, port uint16, vars *rule
 		return err
 	}
 
-	v4, v6, sec, err := p.addresses(ctx, h.Name, h.Strategy)
+	v4, v6, sec, name, err := p.addresses(ctx, h.Name, h.Strategy)
 	if err != nil {
 		return err
 	}
-	h.AddrSecurity = sec
+	h.AddrSecurity, h.AddrName = sec, name
 	addrs := Order(h.Strategy, v4, v6, multihomed, !h.FallbackDelay.IsOff())
 	if len(addrs) == 0 {
 		return fmt.Errorf("host %s: %w (%s)", h.Name, ErrNoAddress, h.Strategy)
@@ -295,13 +299,13 @@ func (p *Planner) pickSources(list []Source, hostname string) []SourceAddr {
 // addresses looks up the host's addresses of the families the strategy
 // uses (or takes an IP literal as it is). A lookup failure of one family
 // is an error only when no address was found at all.
-func (p *Planner) addresses(ctx context.Context, host string, s IPStrategy) (v4, v6 []netip.Addr, sec resolver.Security, err error) {
+func (p *Planner) addresses(ctx context.Context, host string, s IPStrategy) (v4, v6 []netip.Addr, sec resolver.Security, name string, err error) {
 	if ip, perr := netip.ParseAddr(strings.Trim(host, "[]")); perr == nil {
 		ip = ip.Unmap()
 		if ip.Is4() {
-			return []netip.Addr{ip}, nil, resolver.Insecure, nil
+			return []netip.Addr{ip}, nil, resolver.Insecure, "", nil
 		}
-		return nil, []netip.Addr{ip}, resolver.Insecure, nil
+		return nil, []netip.Addr{ip}, resolver.Insecure, "", nil
 	}
 	sec = resolver.Secure
 	var errs []error
@@ -316,6 +320,9 @@ func (p *Planner) addresses(ctx context.Context, host string, s IPStrategy) (v4,
 		if res.Security != resolver.Secure {
 			sec = resolver.Insecure
 		}
+		if name == "" {
+			name = res.Name
+		}
 		return res.Addrs
 	}
 	if s.UsesIPv4() {
@@ -325,7 +332,7 @@ func (p *Planner) addresses(ctx context.Context, host string, s IPStrategy) (v4,
 		v6 = lookup(p.DNS.LookupAAAA)
 	}
 	if len(v4) == 0 && len(v6) == 0 && len(errs) > 0 {
-		return nil, nil, resolver.Insecure, fmt.Errorf("host %s: %w", host, errors.Join(errs...))
+		return nil, nil, resolver.Insecure, "", fmt.Errorf("host %s: %w", host, errors.Join(errs...))
 	}
-	return v4, v6, sec, nil
+	return v4, v6, sec, name, nil
 }

@@ -21,6 +21,12 @@ import (
 type PostfixOptions struct {
 	// CA issues the server certificate; nil makes a new CA.
 	CA *CA
+	// Addr and Port, if set, are where the plain SMTP listener listens
+	// (SMTPAddr), for a Postfix that plays an MX host: port 25 of its own
+	// loopback address, such as 127.86.0.10. Default: 127.0.0.1 and a free
+	// port. The implicit-TLS listener is on the same address.
+	Addr string
+	Port int
 	// Hostname is myhostname, the name in the greeting and EHLO reply, and
 	// is added to the certificate's names. Default "mx.example.test".
 	Hostname string
@@ -147,13 +153,19 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 		o.Domains = []string{"example.test"}
 	}
 	dir := instanceDir(t, "postfix")
+	if o.Addr == "" {
+		o.Addr = "127.0.0.1"
+	}
+	if o.Port == 0 {
+		o.Port = FreePort(t)
+	}
 	p := &Postfix{
-		Host:      "127.0.0.1",
-		SMTPPort:  FreePort(t),
+		Host:      o.Addr,
+		SMTPPort:  o.Port,
 		SMTPSPort: FreePort(t),
 		Hostname:  o.Hostname,
 		CA:        o.CA,
-		Leaf:      o.CA.Issue(t, "localhost", "127.0.0.1", o.Hostname),
+		Leaf:      o.CA.Issue(t, "localhost", "127.0.0.1", o.Addr, o.Hostname),
 		Dir:       dir,
 		ConfigDir: filepath.Join(dir, "conf"),
 		MailDir:   filepath.Join(dir, "mail", "Maildir"),

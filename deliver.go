@@ -147,6 +147,11 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 		finish(status, err)
 		return
 	}
+	if msg.RequireTLS && remote == nil && plan.MXSecurity != resolver.Secure {
+		// RFC 8689, section 4.2.1: the MX must be looked up securely.
+		finishReply(report, idx, key, start, requireTLSReply("the MX records of "+plan.Domain+" are not DNSSEC-secure"))
+		return
+	}
 
 	var lastErr error
 	for hi := 0; hi < len(plan.Hosts); hi++ {
@@ -167,6 +172,12 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 			if policy, err = a.applyDANE(ctx, plan, h, &hv, &opts); err != nil {
 				lastErr = err
 				continue
+			}
+		}
+		if msg.RequireTLS {
+			if why := requireTLSOptions(&opts, policy); why != "" {
+				finishReply(report, idx, key, start, requireTLSReply(why))
+				return
 			}
 		}
 		group, limit := "mx:"+h.Name, 0
@@ -363,5 +374,41 @@ func (a *App) logOutcome(msg *Message, rr RecipientReport) {
 		logger.Warn("failed", fields...)
 	default:
 		logger.Warn("deferred", fields...)
+	}
+}
+
+// requireTLSReply is the reply a REQUIRETLS message gets when it cannot be
+// sent as RFC 8689 asks.
+func requireTLSReply(why string) *transport.Reply {
+	return &transport.Reply{Code: 550, Enhanced: "5.7.30", Lines: []string{"REQUIRETLS: " + why}}
+}
+
+// requireTLSOptions makes a session fit for a REQUIRETLS message: TLS
+// required, with a certificate verified (by PKIX, or by DANE). It returns
+// why the session cannot be, or "".
+func requireTLSOptions(opts *transport.Options, policy string) string {
+	switch {
+	case policy == PolicyDANEUnauthenticated:
+		return "the host's TLSA records are unusable, so its certificate cannot be verified"
+	case policy != PolicyDANE && opts.AllowInvalidCerts:
+		return "certificate verification is turned off (allow_invalid_certs)"
+	case opts.StartTLS == transport.TLSDisable && !opts.ImplicitTLS:
+		return "STARTTLS is disabled (tls.starttls)"
+	}
+	if !opts.ImplicitTLS {
+		opts.StartTLS = transport.TLSRequire
+	}
+	return ""
+}
+
+// finishReply gives the recipients idx of a route the same made-up reply.
+func finishReply(report *Report, idx []int, key route, start time.Time, rep *transport.Reply) {
+	status := transport.Deferred
+	if rep.Class() == transport.PermanentNegative {
+		status = transport.Failed
+	}
+	for _, i := range idx {
+		rr := &report.Recipients[i]
+		rr.Route, rr.Status, rr.Duration, rr.Reply, rr.Error = key.String(), status, time.Since(start), rep, rep.Text()
 	}
 }

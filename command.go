@@ -15,6 +15,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
+	"github.com/seed7b014b84/caddy-smtp/mtasts"
 	"github.com/seed7b014b84/caddy-smtp/rules"
 	"github.com/seed7b014b84/caddy-smtp/strategy"
 	"github.com/seed7b014b84/caddy-smtp/transport"
@@ -118,11 +119,17 @@ func cmdPlan(fl caddycmd.Flags) (int, error) {
 	if plan == nil {
 		return 1, planErr
 	}
+	var sts *mtasts.Policy
+	if remote == nil && planErr == nil {
+		if sts, err = app.stsPolicy(ctx, plan, &vars); err != nil {
+			return 1, err
+		}
+	}
 	policies := make([]tlsPlan, len(plan.Hosts))
 	for i := range plan.Hosts {
 		hv := vars
 		hv.MX = plan.Hosts[i].Name
-		policies[i] = app.tlsPlan(&plan.Hosts[i], remote, &hv)
+		policies[i] = app.tlsPlan(ctx, plan, &plan.Hosts[i], remote, sts, &hv)
 	}
 	if fl.Bool("json") {
 		out := struct {
@@ -145,6 +152,10 @@ func cmdPlan(fl caddycmd.Flags) (int, error) {
 
 // tlsPlan is the TLS policy a session with a host would have.
 type tlsPlan struct {
+	// Policy is what the report would name: none, opportunistic,
+	// required, dane, dane-unauthenticated or mta-sts; or why the host
+	// would not be used.
+	Policy            string            `json:"policy"`
 	StartTLS          transport.TLSMode `json:"starttls"`
 	Implicit          bool              `json:"implicit,omitempty"`
 	AllowInvalidCerts bool              `json:"allow_invalid_certs,omitempty"`
@@ -152,9 +163,17 @@ type tlsPlan struct {
 	DANE              transport.TLSMode `json:"dane"`
 }
 
-func (a *App) tlsPlan(h *strategy.Host, remote *Remote, vars *rules.Vars) tlsPlan {
+func (a *App) tlsPlan(ctx context.Context, plan *strategy.Plan, h *strategy.Host, remote *Remote, sts *mtasts.Policy, vars *rules.Vars) tlsPlan {
 	var p tlsPlan
 	if o, err := a.sessionOptions(h, remote, vars); err == nil {
+		p.Policy = basePolicy(o)
+		if remote == nil && h.Err == nil {
+			if p.Policy, err = a.applyDANE(ctx, plan, h, vars, &o); err != nil {
+				p.Policy = "host not used: " + err.Error()
+			} else {
+				p.Policy = applySTS(sts, h, &o, p.Policy)
+			}
+		}
 		p.StartTLS, p.Implicit, p.AllowInvalidCerts = o.StartTLS, o.ImplicitTLS, o.AllowInvalidCerts
 	}
 	if remote == nil {
@@ -193,7 +212,7 @@ func printPlan(w io.Writer, plan *strategy.Plan, policies []tlsPlan) {
 		if p.AllowInvalidCerts {
 			tlsLine += ", certificates not checked"
 		}
-		fmt.Fprintf(tw, "\ttls: %s; mta_sts %s; dane %s\n", tlsLine, p.MTASTS, p.DANE)
+		fmt.Fprintf(tw, "\ttls policy: %s (%s; tls.mta_sts %s, tls.dane %s)\n", p.Policy, tlsLine, p.MTASTS, p.DANE)
 		for j, c := range h.Candidates {
 			src := "kernel's choice"
 			if len(c.Sources) > 0 {

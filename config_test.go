@@ -2,6 +2,7 @@ package caddysmtp
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -29,13 +30,18 @@ func validate(t *testing.T, raw string) error {
 // provisioned returns the app provisioned from raw.
 func provisioned(t *testing.T, raw string) *App {
 	t.Helper()
-	app := new(App)
-	require.NoError(t, json.Unmarshal([]byte(raw), app))
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
-	t.Cleanup(cancel)
-	require.NoError(t, app.Provision(ctx))
+	// As Caddy provisions it, in a context with a config (storage, other
+	// apps), without starting it.
+	ctx, err := caddy.ProvisionContext(&caddy.Config{
+		Admin:      &caddy.AdminConfig{Disabled: true},
+		StorageRaw: json.RawMessage(fmt.Sprintf(`{"module": "file_system", "root": %q}`, t.TempDir())),
+		AppsRaw:    caddy.ModuleMap{"smtp": json.RawMessage(raw)},
+	})
+	require.NoError(t, err)
+	appIface, err := ctx.App("smtp")
+	require.NoError(t, err)
+	app := appIface.(*App)
 	t.Cleanup(func() { _ = app.Cleanup() })
-	require.NoError(t, app.Validate())
 	return app
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/seed7b014b84/caddy-smtp/mtasts"
 	"github.com/seed7b014b84/caddy-smtp/resolver"
 	"github.com/seed7b014b84/caddy-smtp/rules"
 	"github.com/seed7b014b84/caddy-smtp/strategy"
@@ -147,9 +148,17 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 		finish(status, err)
 		return
 	}
-	if msg.RequireTLS && remote == nil && plan.MXSecurity != resolver.Secure {
-		// RFC 8689, section 4.2.1: the MX must be looked up securely.
-		finishReply(report, idx, key, start, requireTLSReply("the MX records of "+plan.Domain+" are not DNSSEC-secure"))
+	var sts *mtasts.Policy
+	if remote == nil {
+		if sts, err = a.stsPolicy(ctx, plan, &vars); err != nil {
+			finish(transport.Deferred, err)
+			return
+		}
+	}
+	if msg.RequireTLS && remote == nil && plan.MXSecurity != resolver.Secure && (sts == nil || sts.Mode != mtasts.ModeEnforce) {
+		// RFC 8689, section 4.2.1: the MX must be looked up securely,
+		// with DNSSEC or under an MTA-STS policy.
+		finishReply(report, idx, key, start, requireTLSReply("the MX records of "+plan.Domain+" are not DNSSEC-secure, and it has no MTA-STS policy in enforce mode"))
 		return
 	}
 
@@ -173,6 +182,7 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 				lastErr = err
 				continue
 			}
+			policy = applySTS(sts, h, &opts, policy)
 		}
 		if msg.RequireTLS {
 			if why := requireTLSOptions(&opts, policy); why != "" {
@@ -194,6 +204,9 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 				o.Hostname, o.Source = conn.EHLO, conn.Source
 				return transport.Dial(ctx, conn, o)
 			})
+			if remote == nil {
+				a.reportSession(plan.Domain, policy, err)
+			}
 			if err != nil {
 				lastErr = err
 				break // next host

@@ -12,6 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/seed7b014b84/caddy-smtp/internal/peertest"
+	"github.com/seed7b014b84/caddy-smtp/rules"
+	"github.com/seed7b014b84/caddy-smtp/strategy"
 	"github.com/seed7b014b84/caddy-smtp/transport"
 )
 
@@ -83,6 +85,11 @@ _25._tcp.mx TLSA 3 1 1 %s
 	bog := got["x@bogus.test"]
 	assert.Equal(t, transport.Deferred, bog.Status)
 	assert.Contains(t, bog.Error, "bogus")
+
+	// caddy smtp-plan shows the same policy, sending nothing.
+	plan, err := app.Planner().Plan(t.Context(), strategy.Destination{Domain: "good.dane.test"}, rules.Vars{})
+	require.NoError(t, err)
+	assert.Equal(t, PolicyDANE, app.tlsPlan(t.Context(), plan, &plan.Hosts[0], nil, nil, &rules.Vars{MX: plan.Hosts[0].Name}).Policy)
 
 	msgs := pf.WaitMessages(t, 3, 10*time.Second)
 	assert.Len(t, msgs, 3, "good, ta and unsigned: nothing for bad.dane.test")

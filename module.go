@@ -20,6 +20,7 @@ import (
 	"github.com/seed7b014b84/caddy-smtp/resolver"
 	"github.com/seed7b014b84/caddy-smtp/rules"
 	"github.com/seed7b014b84/caddy-smtp/strategy"
+	"github.com/seed7b014b84/caddy-smtp/tlsrpt"
 	"github.com/seed7b014b84/caddy-smtp/transport"
 )
 
@@ -101,6 +102,9 @@ type App struct {
 	releasePool     func()
 	events          *caddyevents.App
 	stopped         *atomic.Bool // set by Stop; a pointer, as App is copied by value
+	sts             *stsState
+	reports         *tlsrpt.Record
+	releaseReports  func()
 	// rootCAs verifies servers' certificates; nil is the system's roots
 	// (which SSL_CERT_FILE and SSL_CERT_DIR can point elsewhere).
 	rootCAs *x509.CertPool
@@ -177,6 +181,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.provisionEvents()
+	a.sts = &stsState{}
+	rec, _, err := reportsPool.LoadOrNew("tlsrpt", func() (caddy.Destructor, error) { return tlsrpt.NewRecord(), nil })
+	if err != nil {
+		return err
+	}
+	a.reports, a.releaseReports = rec.(*tlsrpt.Record), func() { _, _ = reportsPool.Delete("tlsrpt") }
 	return a.provisionPool()
 }
 
@@ -262,6 +272,9 @@ func (a *App) Cleanup() error {
 	}
 	if a.releasePool != nil {
 		a.releasePool()
+	}
+	if a.releaseReports != nil {
+		a.releaseReports()
 	}
 	return nil
 }
@@ -425,6 +438,7 @@ func (a *App) compileRules() error {
 // runs in the background.
 func (a *App) Start() error {
 	running.Store(a)
+	go a.refreshSTS()
 	a.logger.Info("smtp app started",
 		zap.Int("remotes", len(a.Remotes)),
 		zap.Int("lists", len(a.Lists)))

@@ -20,6 +20,10 @@ type HTTPSOptions struct {
 	// Host is the loopback address to listen on, such as "127.85.0.1";
 	// "" means 127.0.0.1.
 	Host string
+	// Port is the port to listen on; 0 picks a free one. (Servers on
+	// several addresses can share a port, as policy hosts of several
+	// domains share 443.)
+	Port int
 	// Leaf is the server's certificate; its chain (leaf, then CA) is sent.
 	Leaf *Leaf
 	// Responses maps URL paths ("/.well-known/mta-sts.txt") to what the
@@ -64,7 +68,10 @@ func StartHTTPS(t testing.TB, o HTTPSOptions) *HTTPS {
 	if o.Host == "" {
 		o.Host = "127.0.0.1"
 	}
-	h := &HTTPS{Host: o.Host, Port: FreePort(t), Dir: instanceDir(t, "https")}
+	if o.Port == 0 {
+		o.Port = FreePort(t)
+	}
+	h := &HTTPS{Host: o.Host, Port: o.Port, Dir: instanceDir(t, "https")}
 	h.Addr = net.JoinHostPort(h.Host, strconv.Itoa(h.Port))
 	for path, resp := range o.Responses {
 		h.SetResponse(t, path, resp)

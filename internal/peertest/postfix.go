@@ -62,6 +62,19 @@ type PostfixOptions struct {
 	// Extra are main.cf settings applied last with "postconf -c DIR -e",
 	// so they override everything above.
 	Extra map[string]string
+	// Nameserver, if set, is the IP address of the DNS resolver that the
+	// smtp(8) client (services smtp and relay) asks, on port 53, for a
+	// Postfix that sends mail by MX (set default_transport = smtp and
+	// smtp_dns_support_level with Extra). Postfix has no setting for a
+	// resolver's address: libc reads /etc/resolv.conf, which is shared by
+	// the whole machine and names nothing useful here. So the smtp and
+	// relay services run chrooted in the queue directory (master.cf chroot
+	// "y"), whose etc/resolv.conf names only this server, with "options
+	// trust-ad" so that glibc passes on the resolver's AD bit, which
+	// DNSSEC and DANE need. A resolv.conf line has no port: start the
+	// resolver on port 53 of a loopback address of its own
+	// (UnboundOptions.Addr and Port). Default: no resolver, no chroot.
+	Nameserver string
 }
 
 // Postfix is a running private Postfix instance that receives mail.
@@ -263,6 +276,9 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 	masterCF := postfixconf.Master(
 		p.SMTPAddr+" inet n - n - - smtpd",
 		p.SMTPSAddr+" inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt")
+	if o.Nameserver != "" {
+		masterCF = chrootSMTPClient(masterCF)
+	}
 	writeFile(t, filepath.Join(p.ConfigDir, "master.cf"), []byte(masterCF))
 
 	// Postfix programs (master, postconf too) wait, in steps of 300 ms,
@@ -294,6 +310,13 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 	// "postfix check" would do the same, but its post-install script
 	// spawns a few hundred processes and takes about 2 s per instance.
 	makeQueueDirs(t, filepath.Join(dir, "spool"))
+	if o.Nameserver != "" {
+		// The chrooted smtp(8) finds this file as /etc/resolv.conf.
+		etc := filepath.Join(dir, "spool", "etc")
+		mkdirs(t, "", etc)
+		writeFile(t, filepath.Join(etc, "resolv.conf"),
+			[]byte("nameserver "+o.Nameserver+"\noptions trust-ad attempts:1 timeout:2\n"))
+	}
 
 	// Stopped with SIGKILL at once: on SIGTERM master signals its group
 	// and takes more than a second to exit, and a test's receiver has
@@ -314,6 +337,21 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 		return p.checkSMTPS(ctx)
 	})
 	return p
+}
+
+// chrootSMTPClient turns chroot on for the smtp and relay services of a
+// master.cf: they then run in the queue directory and read its
+// etc/resolv.conf.
+func chrootSMTPClient(masterCF string) string {
+	lines := strings.Split(masterCF, "\n")
+	for i, l := range lines {
+		f := strings.Fields(l)
+		if len(f) >= 8 && (f[0] == "smtp" || f[0] == "relay") && f[1] == "unix" {
+			f[4] = "y"
+			lines[i] = strings.Join(f, " ")
+		}
+	}
+	return strings.Join(lines, "\n")
 }
 
 // backdate sets the modification time of every file in dir one minute back.

@@ -34,6 +34,13 @@ type UnboundOptions struct {
 	// TLS, when set, makes unbound also serve DNS over TLS (RFC 7858) on
 	// TLSAddr with this certificate.
 	TLS *Leaf
+	// Addr and Port, if set, are where the resolver listens (Addr), for a
+	// resolver that a libc stub resolver must reach: resolv.conf has no
+	// port, so such a client needs port 53 of a loopback address of its
+	// own, such as 127.88.0.53. Addr must be an IPv4 loopback address.
+	// Default: 127.0.0.1 and a free port.
+	Addr string
+	Port int
 }
 
 // Stub is a zone unbound resolves at an address other than Knot's.
@@ -49,9 +56,10 @@ type Stub struct {
 
 // Unbound is a running unbound validating resolver.
 type Unbound struct {
-	// Addr is the resolver's address, "127.0.0.1:port", UDP and TCP.
+	// Addr is the resolver's address, "127.0.0.1:port" unless
+	// UnboundOptions.Addr says otherwise, UDP and TCP.
 	Addr string
-	// Host is 127.0.0.1.
+	// Host is 127.0.0.1, or UnboundOptions.Addr.
 	Host string
 	// Port is the resolver's port.
 	Port int
@@ -87,9 +95,15 @@ func StartUnbound(t testing.TB, o UnboundOptions) *Unbound {
 	t.Helper()
 	Need(t, "unbound", "unbound-checkconf")
 	dir := instanceDir(t, "unbound")
+	if o.Addr == "" {
+		o.Addr = "127.0.0.1"
+	}
+	if o.Port == 0 {
+		o.Port = FreePort(t)
+	}
 	u := &Unbound{
-		Host:       "127.0.0.1",
-		Port:       FreePort(t),
+		Host:       o.Addr,
+		Port:       o.Port,
 		Dir:        dir,
 		ConfigFile: filepath.Join(dir, "unbound.conf"),
 		log:        filepath.Join(dir, "unbound.log"),
@@ -115,7 +129,7 @@ func StartUnbound(t testing.TB, o UnboundOptions) *Unbound {
 	var b strings.Builder
 	fmt.Fprintf(&b, `# peertest unbound: validating, loopback only, knows only the stub zones.
 server:
-  interface: 127.0.0.1@%[1]d
+  interface: %[4]s@%[1]d
   port: %[1]d
   do-ip4: yes
   do-ip6: no
@@ -138,15 +152,15 @@ server:
   do-not-query-localhost: no
   local-zone: "test." nodefault
   local-zone: "." refuse
-`, u.Port, dir, u.log)
+`, u.Port, dir, u.log, u.Host)
 	for _, z := range zones {
 		fmt.Fprintf(&b, "  local-zone: \"%s.\" transparent\n", canonicalZone(z))
 	}
 	if o.TLS != nil {
 		tlsPort := FreePort(t)
 		u.TLSAddr = net.JoinHostPort(u.Host, strconv.Itoa(tlsPort))
-		fmt.Fprintf(&b, "  interface: 127.0.0.1@%d\n  tls-port: %d\n  tls-service-key: \"%s\"\n  tls-service-pem: \"%s\"\n",
-			tlsPort, tlsPort, o.TLS.KeyFile, o.TLS.ChainFile)
+		fmt.Fprintf(&b, "  interface: %s@%d\n  tls-port: %d\n  tls-service-key: \"%s\"\n  tls-service-pem: \"%s\"\n",
+			u.Host, tlsPort, tlsPort, o.TLS.KeyFile, o.TLS.ChainFile)
 	}
 	for _, st := range o.Stubs {
 		fmt.Fprintf(&b, "  local-zone: \"%s.\" transparent\n", canonicalZone(st.Zone))

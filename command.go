@@ -171,7 +171,7 @@ func (a *App) tlsPlan(ctx context.Context, plan *strategy.Plan, h *strategy.Host
 			if p.Policy, err = a.applyDANE(ctx, plan, h, vars, &o); err != nil {
 				p.Policy = "host not used: " + err.Error()
 			} else {
-				p.Policy = applySTS(sts, h, &o, p.Policy)
+				p.Policy = applySTS(sts, h, &o, p.Policy, nil)
 			}
 		}
 		p.StartTLS, p.Implicit, p.AllowInvalidCerts = o.StartTLS, o.ImplicitTLS, o.AllowInvalidCerts

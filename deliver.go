@@ -18,6 +18,7 @@ import (
 	"github.com/seed7b014b84/caddy-smtp/resolver"
 	"github.com/seed7b014b84/caddy-smtp/rules"
 	"github.com/seed7b014b84/caddy-smtp/strategy"
+	"github.com/seed7b014b84/caddy-smtp/tlsrpt"
 	"github.com/seed7b014b84/caddy-smtp/transport"
 )
 
@@ -182,7 +183,11 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 				lastErr = err
 				continue
 			}
-			policy = applySTS(sts, h, &opts, policy)
+			policy = applySTS(sts, h, &opts, policy, func(err error) {
+				a.logger.Warn("MTA-STS testing: certificate would fail the policy", zap.String("domain", plan.Domain),
+					zap.String("host", h.Name), zap.Error(err))
+				a.reports.Failure(plan.Domain, tlsrpt.PolicySTS, tlsFailure(err))
+			})
 		}
 		if msg.RequireTLS {
 			if why := requireTLSOptions(&opts, policy); why != "" {

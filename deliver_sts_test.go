@@ -25,17 +25,22 @@ import (
 func TestDeliverMTASTS(t *testing.T) {
 	ca := peertest.NewCA(t, "mta-sts test CA")
 	pf := peertest.StartPostfix(t, peertest.PostfixOptions{CA: ca, Addr: "127.89.0.10", Port: 25, Hostname: "mx1.enforce.sts.test", Mailbox: true,
-		Domains: []string{"enforce.sts.test", "testing.sts.test", "onlyrogue.sts.test"}})
+		Domains: []string{"enforce.sts.test", "testing.sts.test", "onlyrogue.sts.test", "testing2.sts.test"}})
 	rogue := peertest.StartSink(t, peertest.SinkOptions{Addr: "127.89.0.11", Port: 25})
 	port := peertest.FreePort(t)
-	policy := func(mode string) []byte {
+	policy := func(mode, mx string) []byte {
 		return peertest.HTTPResponse(200, []string{"Content-Type: text/plain"},
-			[]byte("version: STSv1\nmode: "+mode+"\nmx: mx1.enforce.sts.test\nmax_age: 86400\n"))
+			[]byte("version: STSv1\nmode: "+mode+"\nmx: "+mx+"\nmax_age: 86400\n"))
 	}
-	for i, d := range []struct{ domain, mode string }{{"enforce", "enforce"}, {"testing", "testing"}, {"onlyrogue", "enforce"}} {
+	for i, d := range []struct{ domain, mode, mx string }{
+		{"enforce", "enforce", "mx1.enforce.sts.test"},
+		{"testing", "testing", "mx1.enforce.sts.test"},
+		{"onlyrogue", "enforce", "mx1.enforce.sts.test"},
+		{"testing2", "testing", "*.testing2.sts.test"},
+	} {
 		peertest.StartHTTPS(t, peertest.HTTPSOptions{Host: fmt.Sprintf("127.89.0.%d", i+1), Port: port,
 			Leaf:      ca.Issue(t, "mta-sts."+d.domain+".sts.test"),
-			Responses: map[string][]byte{"/.well-known/mta-sts.txt": policy(d.mode)}})
+			Responses: map[string][]byte{"/.well-known/mta-sts.txt": policy(d.mode, d.mx)}})
 	}
 	knot := peertest.StartKnot(t, peertest.KnotOptions{Zones: []peertest.Zone{{Name: "sts.test", Records: `
 _mta-sts.enforce TXT "v=STSv1; id=1;"
@@ -50,6 +55,10 @@ testing MX 10 rogue
 _mta-sts.onlyrogue TXT "v=STSv1; id=1;"
 mta-sts.onlyrogue A 127.89.0.3
 onlyrogue MX 10 rogue
+_mta-sts.testing2 TXT "v=STSv1; id=1;"
+mta-sts.testing2 A 127.89.0.4
+testing2 MX 10 mx.testing2
+mx.testing2 A 127.89.0.10
 `}}})
 	unbound := peertest.StartUnbound(t, peertest.UnboundOptions{Knot: knot})
 	app := provisioned(t, fmt.Sprintf(`{
@@ -62,7 +71,7 @@ onlyrogue MX 10 rogue
 
 	body := "Subject: mta-sts\r\n\r\nhello\r\n"
 	msg := &Message{From: "a@example.org", Body: strings.NewReader(body), Size: int64(len(body))}
-	for _, r := range []string{"a@enforce.sts.test", "b@onlyrogue.sts.test", "c@testing.sts.test"} {
+	for _, r := range []string{"a@enforce.sts.test", "b@onlyrogue.sts.test", "c@testing.sts.test", "d@testing2.sts.test"} {
 		msg.To = append(msg.To, transport.Recipient{Addr: r})
 	}
 	report, err := app.Deliver(t.Context(), msg)
@@ -83,7 +92,13 @@ onlyrogue MX 10 rogue
 	assert.Equal(t, transport.Delivered, testing.Status, testing.Error)
 	assert.Equal(t, "rogue.sts.test", testing.Host, "testing mode: delivered all the same")
 
-	assert.Len(t, pf.WaitMessages(t, 1, 10*time.Second), 1)
+	// Testing mode, and a certificate that is not for the MX's name:
+	// delivered all the same, the failure counted.
+	t2 := got["d@testing2.sts.test"]
+	assert.Equal(t, transport.Delivered, t2.Status, t2.Error)
+	assert.NotEmpty(t, t2.TLSVersion)
+
+	assert.Len(t, pf.WaitMessages(t, 2, 10*time.Second), 2)
 	msgs := rogue.WaitMessages(t, 1, 10*time.Second)
 	require.Len(t, msgs, 1, "the rogue MX got only the testing-mode message")
 	assert.Equal(t, []string{"c@testing.sts.test"}, msgs[0].To)
@@ -95,6 +110,7 @@ onlyrogue MX 10 rogue
 	assert.Equal(t, 1, reports["enforce.sts.test/sts"].Success)
 	assert.Equal(t, 1, reports["onlyrogue.sts.test/sts"].Failures[tlsrpt.ValidationFailure])
 	assert.Equal(t, 1, reports["testing.sts.test/sts"].Failures[tlsrpt.ValidationFailure])
+	assert.Equal(t, 1, reports["testing2.sts.test/sts"].Failures[tlsrpt.CertificateHostMismatch])
 
 	// caddy smtp-plan shows the same policy, sending nothing.
 	plan, err := app.Planner().Plan(t.Context(), strategy.Destination{Domain: "enforce.sts.test"}, rules.Vars{})

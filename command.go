@@ -153,7 +153,7 @@ func cmdPlan(fl caddycmd.Flags) (int, error) {
 // tlsPlan is the TLS policy a session with a host would have.
 type tlsPlan struct {
 	// Policy is what the report would name: none, opportunistic,
-	// required, dane, dane-unauthenticated or mta-sts; or why the host
+	// required, dane or mta-sts; or why the host
 	// would not be used.
 	Policy            string            `json:"policy"`
 	StartTLS          transport.TLSMode `json:"starttls"`

@@ -406,8 +406,6 @@ func requireTLSReply(why string) *transport.Reply {
 // why the session cannot be, or "".
 func requireTLSOptions(opts *transport.Options, policy string) string {
 	switch {
-	case policy == PolicyDANEUnauthenticated:
-		return "the host's TLSA records are unusable, so its certificate cannot be verified"
 	case policy != PolicyDANE && opts.AllowInvalidCerts:
 		return "certificate verification is turned off (allow_invalid_certs)"
 	case opts.StartTLS == transport.TLSDisable && !opts.ImplicitTLS:

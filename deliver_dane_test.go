@@ -26,7 +26,7 @@ import (
 func TestDeliverDANE(t *testing.T) {
 	ca := peertest.NewCA(t, "dane test CA")
 	pf := peertest.StartPostfix(t, peertest.PostfixOptions{CA: ca, Addr: "127.86.0.10", Port: 25, Hostname: "mx.ta.dane.test", Mailbox: true,
-		Domains: []string{"good.dane.test", "bad.dane.test", "ta.dane.test", "unsigned.test"}})
+		Domains: []string{"good.dane.test", "bad.dane.test", "ta.dane.test", "unsigned.test", "pkix.dane.test"}})
 	spki := sha256.Sum256(pf.Leaf.SPKI)
 	caDigest := sha256.Sum256(ca.Cert.Raw)
 	knot := peertest.StartKnot(t, peertest.KnotOptions{Zones: []peertest.Zone{
@@ -40,7 +40,10 @@ _25._tcp.mx.bad TLSA 3 1 1 %s
 ta MX 10 mx.ta
 mx.ta A 127.86.0.10
 _25._tcp.mx.ta TLSA 2 0 1 %s
-`, hex.EncodeToString(spki[:]), strings.Repeat("ab", 32), hex.EncodeToString(caDigest[:]))},
+pkix MX 10 mx.pkix
+mx.pkix A 127.86.0.10
+_25._tcp.mx.pkix TLSA 1 1 1 %s
+`, hex.EncodeToString(spki[:]), strings.Repeat("ab", 32), hex.EncodeToString(caDigest[:]), strings.Repeat("ef", 32))},
 		{Name: "unsigned.test", Records: fmt.Sprintf(`
 @ MX 10 mx
 mx A 127.86.0.10
@@ -54,11 +57,11 @@ _25._tcp.mx TLSA 3 1 1 %s
 		"hostname": "out.example.org",
 		"resolver": {"servers": ["udp://%s"]},
 		"ip_strategy": "ipv4_only",
-		"tls": {"allow_invalid_certs": [{"if": "rcpt_domain == 'unsigned.test'", "then": true}, {"else": false}]}
+		"tls": {"allow_invalid_certs": [{"if": "rcpt_domain in ['unsigned.test', 'pkix.dane.test']", "then": true}, {"else": false}]}
 	}`, unbound.Addr))
 	body := "Subject: dane\r\n\r\nhello\r\n"
 	msg := &Message{From: "a@example.org", Body: strings.NewReader(body), Size: int64(len(body))}
-	for _, r := range []string{"x@good.dane.test", "x@bad.dane.test", "x@ta.dane.test", "x@unsigned.test", "x@bogus.test"} {
+	for _, r := range []string{"x@good.dane.test", "x@bad.dane.test", "x@ta.dane.test", "x@unsigned.test", "x@bogus.test", "x@pkix.dane.test"} {
 		msg.To = append(msg.To, transport.Recipient{Addr: r})
 	}
 	report, err := app.Deliver(t.Context(), msg)
@@ -82,6 +85,10 @@ _25._tcp.mx TLSA 3 1 1 %s
 	assert.Equal(t, transport.Delivered, unsigned.Status, unsigned.Error)
 	assert.Equal(t, PolicyOpportunistic, unsigned.TLSPolicy, "TLSA of an unsigned zone are ignored")
 
+	pkix := got["x@pkix.dane.test"]
+	assert.Equal(t, transport.Delivered, pkix.Status, pkix.Error)
+	assert.Equal(t, PolicyOpportunistic, pkix.TLSPolicy, "no usable TLSA record (PKIX-EE): the other policies apply")
+
 	bog := got["x@bogus.test"]
 	assert.Equal(t, transport.Deferred, bog.Status)
 	assert.Contains(t, bog.Error, "bogus")
@@ -91,8 +98,8 @@ _25._tcp.mx TLSA 3 1 1 %s
 	require.NoError(t, err)
 	assert.Equal(t, PolicyDANE, app.tlsPlan(t.Context(), plan, &plan.Hosts[0], nil, nil, &rules.Vars{MX: plan.Hosts[0].Name}).Policy)
 
-	msgs := pf.WaitMessages(t, 3, 10*time.Second)
-	assert.Len(t, msgs, 3, "good, ta and unsigned: nothing for bad.dane.test")
+	msgs := pf.WaitMessages(t, 4, 10*time.Second)
+	assert.Len(t, msgs, 4, "good, ta, unsigned and pkix: nothing for bad.dane.test")
 	for _, m := range msgs {
 		assert.NotContains(t, string(m), "x@bad.dane.test")
 	}

@@ -25,7 +25,7 @@ import (
 func TestDeliverMTASTS(t *testing.T) {
 	ca := peertest.NewCA(t, "mta-sts test CA")
 	pf := peertest.StartPostfix(t, peertest.PostfixOptions{CA: ca, Addr: "127.89.0.10", Port: 25, Hostname: "mx1.enforce.sts.test", Mailbox: true,
-		Domains: []string{"enforce.sts.test", "testing.sts.test", "onlyrogue.sts.test", "testing2.sts.test"}})
+		Domains: []string{"enforce.sts.test", "testing.sts.test", "onlyrogue.sts.test", "testing2.sts.test", "enforce2.sts.test"}})
 	rogue := peertest.StartSink(t, peertest.SinkOptions{Addr: "127.89.0.11", Port: 25})
 	port := peertest.FreePort(t)
 	policy := func(mode, mx string) []byte {
@@ -37,6 +37,7 @@ func TestDeliverMTASTS(t *testing.T) {
 		{"testing", "testing", "mx1.enforce.sts.test"},
 		{"onlyrogue", "enforce", "mx1.enforce.sts.test"},
 		{"testing2", "testing", "*.testing2.sts.test"},
+		{"enforce2", "enforce", "*.enforce2.sts.test"},
 	} {
 		peertest.StartHTTPS(t, peertest.HTTPSOptions{Host: fmt.Sprintf("127.89.0.%d", i+1), Port: port,
 			Leaf:      ca.Issue(t, "mta-sts."+d.domain+".sts.test"),
@@ -59,6 +60,10 @@ _mta-sts.testing2 TXT "v=STSv1; id=1;"
 mta-sts.testing2 A 127.89.0.4
 testing2 MX 10 mx.testing2
 mx.testing2 A 127.89.0.10
+_mta-sts.enforce2 TXT "v=STSv1; id=1;"
+mta-sts.enforce2 A 127.89.0.5
+enforce2 MX 10 mx.enforce2
+mx.enforce2 A 127.89.0.10
 `}}})
 	unbound := peertest.StartUnbound(t, peertest.UnboundOptions{Knot: knot})
 	app := provisioned(t, fmt.Sprintf(`{
@@ -71,7 +76,7 @@ mx.testing2 A 127.89.0.10
 
 	body := "Subject: mta-sts\r\n\r\nhello\r\n"
 	msg := &Message{From: "a@example.org", Body: strings.NewReader(body), Size: int64(len(body))}
-	for _, r := range []string{"a@enforce.sts.test", "b@onlyrogue.sts.test", "c@testing.sts.test", "d@testing2.sts.test"} {
+	for _, r := range []string{"a@enforce.sts.test", "b@onlyrogue.sts.test", "c@testing.sts.test", "d@testing2.sts.test", "e@enforce2.sts.test"} {
 		msg.To = append(msg.To, transport.Recipient{Addr: r})
 	}
 	report, err := app.Deliver(t.Context(), msg)
@@ -98,6 +103,12 @@ mx.testing2 A 127.89.0.10
 	assert.Equal(t, transport.Delivered, t2.Status, t2.Error)
 	assert.NotEmpty(t, t2.TLSVersion)
 
+	// Enforce mode, and a certificate that is not for the MX's name: not
+	// sent there, and counted.
+	e2 := got["e@enforce2.sts.test"]
+	assert.Equal(t, transport.Deferred, e2.Status)
+	assert.Contains(t, e2.Error, "smtp tls")
+
 	assert.Len(t, pf.WaitMessages(t, 2, 10*time.Second), 2)
 	msgs := rogue.WaitMessages(t, 1, 10*time.Second)
 	require.Len(t, msgs, 1, "the rogue MX got only the testing-mode message")
@@ -111,6 +122,7 @@ mx.testing2 A 127.89.0.10
 	assert.Equal(t, 1, reports["onlyrogue.sts.test/sts"].Failures[tlsrpt.ValidationFailure])
 	assert.Equal(t, 1, reports["testing.sts.test/sts"].Failures[tlsrpt.ValidationFailure])
 	assert.Equal(t, 1, reports["testing2.sts.test/sts"].Failures[tlsrpt.CertificateHostMismatch])
+	assert.Equal(t, 1, reports["enforce2.sts.test/sts"].Failures[tlsrpt.CertificateHostMismatch])
 
 	// caddy smtp-plan shows the same policy, sending nothing.
 	plan, err := app.Planner().Plan(t.Context(), strategy.Destination{Domain: "enforce.sts.test"}, rules.Vars{})

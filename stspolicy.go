@@ -171,7 +171,7 @@ func applySTS(p *mtasts.Policy, h *strategy.Host, opts *transport.Options, polic
 func (a *App) reportSession(domain, policy string, err error) {
 	kind := tlsrpt.PolicyNoPolicy
 	switch policy {
-	case PolicyDANE, PolicyDANEUnauthenticated:
+	case PolicyDANE:
 		kind = tlsrpt.PolicyTLSA
 	case PolicyMTASTS:
 		kind = tlsrpt.PolicySTS

@@ -24,10 +24,6 @@ const (
 	// PolicyDANE: TLS required and the certificate checked against the
 	// host's DNSSEC-signed TLSA records (RFC 7672).
 	PolicyDANE = "dane"
-	// PolicyDANEUnauthenticated: the host publishes secure TLSA records,
-	// none of them usable: TLS is required, the certificate not checked
-	// (RFC 7672, section 2.2).
-	PolicyDANEUnauthenticated = "dane-unauthenticated"
 )
 
 // basePolicy names the policy the plain settings give.
@@ -84,17 +80,18 @@ func (a *App) applyDANE(ctx context.Context, plan *strategy.Plan, h *strategy.Ho
 		return none("its TLSA records are not DNSSEC-secure")
 	}
 	v, err := dane.NewVerifier(res.Records, base, h.Name)
+	if errors.Is(err, dane.ErrNoUsableRecords) {
+		// No record usable for SMTP: the other policies apply.
+		return none("none of its TLSA records is usable for SMTP")
+	}
+	if err != nil {
+		return "", fmt.Errorf("host %s: DANE: %w", h.Name, err)
+	}
 	opts.StartTLS = transport.TLSRequire
 	opts.ServerName = base
 	// The certificate is checked by the DANE verifier, not against the
 	// system's roots.
 	opts.AllowInvalidCerts = true
-	if errors.Is(err, dane.ErrNoUsableRecords) {
-		return PolicyDANEUnauthenticated, nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("host %s: DANE: %w", h.Name, err)
-	}
 	opts.TLSConfig = v.TLSConfig(opts.TLSConfig, base)
 	return PolicyDANE, nil
 }

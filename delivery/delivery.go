@@ -63,7 +63,7 @@ type RecipientReport struct {
 	TLSVersion string `json:"tls_version,omitempty"`
 	TLSCipher  string `json:"tls_cipher,omitempty"`
 	// TLSPolicy is the TLS policy the session was under: "none",
-	// "opportunistic", "required", "dane" or "dane-unauthenticated".
+	// "opportunistic", "required", "dane" or "mta-sts".
 	TLSPolicy string `json:"tls_policy,omitempty"`
 	// Reply is the server's reply that decided the outcome.
 	Reply *transport.Reply `json:"reply,omitempty"`

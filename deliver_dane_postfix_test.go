@@ -1,8 +1,6 @@
 package caddysmtp
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net/smtp"
 	"regexp"
@@ -37,32 +35,10 @@ import (
 // DANE where our app reports the DANE policy, and did not verify it where
 // our app reports the opportunistic policy.
 func TestDANEAgreesWithPostfix(t *testing.T) {
-	ca := peertest.NewCA(t, "dane agreement CA")
-	mx := peertest.StartPostfix(t, peertest.PostfixOptions{CA: ca, Addr: "127.88.0.10", Port: 25, Hostname: "mx.ta.dane.test", Mailbox: true,
-		Domains: []string{"good.dane.test", "bad.dane.test", "ta.dane.test", "unsigned.test"}})
-	spki := sha256.Sum256(mx.Leaf.SPKI)
-	caDigest := sha256.Sum256(ca.Cert.Raw)
-	knot := peertest.StartKnot(t, peertest.KnotOptions{Zones: []peertest.Zone{
-		{Name: "dane.test", Signed: true, Records: fmt.Sprintf(`
-good MX 10 mx.good
-mx.good A 127.88.0.10
-_25._tcp.mx.good TLSA 3 1 1 %s
-bad MX 10 mx.bad
-mx.bad A 127.88.0.10
-_25._tcp.mx.bad TLSA 3 1 1 %s
-ta MX 10 mx.ta
-mx.ta A 127.88.0.10
-_25._tcp.mx.ta TLSA 2 0 1 %s
-`, hex.EncodeToString(spki[:]), strings.Repeat("ab", 32), hex.EncodeToString(caDigest[:]))},
-		{Name: "unsigned.test", Records: fmt.Sprintf(`
-@ MX 10 mx
-mx A 127.88.0.10
-_25._tcp.mx TLSA 3 1 1 %s
-`, strings.Repeat("cd", 32))},
-	}})
-	bogus := peertest.StartBogusZone(t, "bogus.test", "@ MX 10 mx\nmx A 127.88.0.10\n")
+	lab := startDANELab(t, "127.88.0.10")
+	mx := lab.mx
 	// Port 53 of an address of its own: a resolv.conf line has no port.
-	unbound := peertest.StartUnbound(t, peertest.UnboundOptions{Knot: knot, Stubs: []peertest.Stub{bogus.Stub()},
+	unbound := peertest.StartUnbound(t, peertest.UnboundOptions{Knot: lab.knot, Stubs: []peertest.Stub{lab.bogus.Stub()},
 		Addr: "127.88.0.53", Port: 53})
 
 	sender := peertest.StartPostfix(t, peertest.PostfixOptions{Hostname: "out.example.org", Domains: []string{"example.org"},

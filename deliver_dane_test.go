@@ -1,8 +1,6 @@
 package caddysmtp
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"testing"
@@ -24,34 +22,9 @@ import (
 // text fallback; TLSA in an unsigned zone are ignored; a bogus zone
 // defers.
 func TestDeliverDANE(t *testing.T) {
-	ca := peertest.NewCA(t, "dane test CA")
-	pf := peertest.StartPostfix(t, peertest.PostfixOptions{CA: ca, Addr: "127.86.0.10", Port: 25, Hostname: "mx.ta.dane.test", Mailbox: true,
-		Domains: []string{"good.dane.test", "bad.dane.test", "ta.dane.test", "unsigned.test", "pkix.dane.test"}})
-	spki := sha256.Sum256(pf.Leaf.SPKI)
-	caDigest := sha256.Sum256(ca.Cert.Raw)
-	knot := peertest.StartKnot(t, peertest.KnotOptions{Zones: []peertest.Zone{
-		{Name: "dane.test", Signed: true, Records: fmt.Sprintf(`
-good MX 10 mx.good
-mx.good A 127.86.0.10
-_25._tcp.mx.good TLSA 3 1 1 %s
-bad MX 10 mx.bad
-mx.bad A 127.86.0.10
-_25._tcp.mx.bad TLSA 3 1 1 %s
-ta MX 10 mx.ta
-mx.ta A 127.86.0.10
-_25._tcp.mx.ta TLSA 2 0 1 %s
-pkix MX 10 mx.pkix
-mx.pkix A 127.86.0.10
-_25._tcp.mx.pkix TLSA 1 1 1 %s
-`, hex.EncodeToString(spki[:]), strings.Repeat("ab", 32), hex.EncodeToString(caDigest[:]), strings.Repeat("ef", 32))},
-		{Name: "unsigned.test", Records: fmt.Sprintf(`
-@ MX 10 mx
-mx A 127.86.0.10
-_25._tcp.mx TLSA 3 1 1 %s
-`, strings.Repeat("cd", 32))},
-	}})
-	bogus := peertest.StartBogusZone(t, "bogus.test", "@ MX 10 mx\nmx A 127.86.0.10\n")
-	unbound := peertest.StartUnbound(t, peertest.UnboundOptions{Knot: knot, Stubs: []peertest.Stub{bogus.Stub()}})
+	lab := startDANELab(t, "127.86.0.10")
+	pf := lab.mx
+	unbound := peertest.StartUnbound(t, peertest.UnboundOptions{Knot: lab.knot, Stubs: []peertest.Stub{lab.bogus.Stub()}})
 
 	app := provisioned(t, fmt.Sprintf(`{
 		"hostname": "out.example.org",

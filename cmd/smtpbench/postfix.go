@@ -114,7 +114,7 @@ func startRelay(ctx context.Context, dir string, sinkPort, conns, n int) (*relay
 	}
 	daemonDir := lines[0]
 	r.version = lines[1]
-	if err := makeQueueDirs(r.spool); err != nil {
+	if err := postfixconf.MakeQueueDirs(r.spool); err != nil {
 		return nil, err
 	}
 	r.proc, err = startProc("postfix master", filepath.Join(dir, "log", "master.out"),
@@ -249,44 +249,4 @@ func mkdirOwned(dir, owner string) error {
 		return err
 	}
 	return os.Chown(dir, uid, gid)
-}
-
-// makeQueueDirs makes a Postfix queue tree with the owners and modes of
-// Debian's postfix-files ($mail_owner = postfix, $setgid_group = postdrop),
-// as internal/peertest does ("postfix check" would too, in about 2 s).
-func makeQueueDirs(spool string) error {
-	uid, _, err := lookupIDs("postfix")
-	if err != nil {
-		return err
-	}
-	g, err := user.LookupGroup("postdrop")
-	if err != nil {
-		return err
-	}
-	postdrop, _ := strconv.Atoi(g.Gid)
-	dirs := []struct {
-		name     string
-		uid, gid int
-		mode     os.FileMode
-	}{
-		{"active", uid, 0, 0o700}, {"bounce", uid, 0, 0o700}, {"corrupt", uid, 0, 0o700},
-		{"defer", uid, 0, 0o700}, {"deferred", uid, 0, 0o700}, {"flush", uid, 0, 0o700},
-		{"hold", uid, 0, 0o700}, {"incoming", uid, 0, 0o700}, {"private", uid, 0, 0o700},
-		{"saved", uid, 0, 0o700}, {"trace", uid, 0, 0o700},
-		{"maildrop", uid, postdrop, 0o730}, {"public", uid, postdrop, 0o710},
-		{"pid", 0, 0, 0o755},
-	}
-	for _, d := range dirs {
-		p := filepath.Join(spool, d.name)
-		if err := os.Mkdir(p, d.mode); err != nil {
-			return err
-		}
-		if err := os.Chmod(p, d.mode); err != nil { // Mkdir's mode passes the umask
-			return err
-		}
-		if err := os.Chown(p, d.uid, d.gid); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -116,47 +116,14 @@ func (p *proc) exited() bool {
 	}
 }
 
-// stop ends the process group: SIGTERM, SIGKILL after grace, then SIGKILL
-// to any member still alive, every wait bounded. It reports what it could
-// not stop.
+// stop ends the process group (procstat.StopGroup), and reports what it
+// could not stop.
 func (p *proc) stop(grace time.Duration) error {
 	defer p.out.Close()
-	pgid := p.pid()
-	if !p.exited() {
-		if grace > 0 {
-			_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		} else {
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		}
-		select {
-		case <-p.done:
-		case <-time.After(grace):
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			select {
-			case <-p.done:
-			case <-time.After(5 * time.Second):
-				return fmt.Errorf("%s (pid %d) did not exit after SIGKILL", p.name, pgid)
-			}
-		}
+	if err := procstat.StopGroup(p.pid(), p.done, grace); err != nil {
+		return fmt.Errorf("stopping %s: %w", p.name, err)
 	}
-	// Children of the leader (Postfix's daemons) may outlive it for a
-	// moment; the kernel does not reuse a group id while it has members.
-	for i := 0; ; i++ {
-		live := 0
-		for _, s := range sessionProcs(pgid) {
-			if !s.Zombie() {
-				live++
-			}
-		}
-		if live == 0 {
-			return nil
-		}
-		if i >= 100 {
-			return fmt.Errorf("%d processes of %s (session %d) still alive after 5 s", live, p.name, pgid)
-		}
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		time.Sleep(50 * time.Millisecond)
-	}
+	return nil
 }
 
 // runCmd runs a command (postconf, postqueue, smtp-source filling Postfix)

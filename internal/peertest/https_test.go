@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/procstat"
 )
 
 func TestHTTPS(t *testing.T) {
@@ -45,7 +47,7 @@ func TestHTTPS(t *testing.T) {
 		assert.Equal(t, "/c", resp.Header.Get("Location"))
 		assert.Contains(t, h.Log(), "FILE:a/b.txt")
 	})
-	assert.Empty(t, groupMembers(pgid), "s_server still alive")
+	assert.Empty(t, procstat.GroupMembers(pgid), "s_server still alive")
 	assert.NoDirExists(t, dir)
 	l, err := net.Listen("tcp", addr)
 	if assert.NoError(t, err, "port still taken") {

@@ -19,6 +19,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/procstat"
 )
 
 // swaks runs swaks with a time limit and returns its output and error.
@@ -724,7 +726,7 @@ func TestCleanupLeavesNothing(t *testing.T) {
 	})
 	require.Len(t, peers, 6)
 	for _, p := range peers {
-		assert.Empty(t, groupMembers(p.pgid), "%s: process group %d still alive", p.name, p.pgid)
+		assert.Empty(t, procstat.GroupMembers(p.pgid), "%s: process group %d still alive", p.name, p.pgid)
 		assert.NoDirExists(t, p.dir, p.name)
 		if p.addr != "" {
 			l, err := net.Listen("tcp", p.addr)

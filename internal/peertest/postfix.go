@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -309,7 +308,9 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 	// The queue directories, made here as postfix-files(5) lists them.
 	// "postfix check" would do the same, but its post-install script
 	// spawns a few hundred processes and takes about 2 s per instance.
-	makeQueueDirs(t, filepath.Join(dir, "spool"))
+	if err := postfixconf.MakeQueueDirs(filepath.Join(dir, "spool")); err != nil {
+		t.Fatalf("peertest: postfix queue: %v", err)
+	}
 	if o.Nameserver != "" {
 		// The chrooted smtp(8) finds this file as /etc/resolv.conf.
 		etc := filepath.Join(dir, "spool", "etc")
@@ -364,44 +365,6 @@ func backdate(t testing.TB, dir string) {
 	old := time.Now().Add(-time.Minute)
 	for _, e := range ents {
 		if err := os.Chtimes(filepath.Join(dir, e.Name()), old, old); err != nil {
-			t.Fatalf("peertest: %v", err)
-		}
-	}
-}
-
-// makeQueueDirs makes a Postfix queue directory tree with the owners and
-// modes of Debian's /etc/postfix/postfix-files ($mail_owner = postfix,
-// $setgid_group = postdrop).
-func makeQueueDirs(t testing.TB, spool string) {
-	t.Helper()
-	uid, _ := lookupUser(t, "postfix")
-	g, err := user.LookupGroup("postdrop")
-	if err != nil {
-		t.Fatalf("peertest: group postdrop: %v", err)
-	}
-	postdrop, _ := strconv.Atoi(g.Gid)
-	dirs := []struct {
-		name     string
-		uid, gid int
-		mode     os.FileMode
-	}{
-		{"active", uid, 0, 0o700}, {"bounce", uid, 0, 0o700}, {"corrupt", uid, 0, 0o700},
-		{"defer", uid, 0, 0o700}, {"deferred", uid, 0, 0o700}, {"flush", uid, 0, 0o700},
-		{"hold", uid, 0, 0o700}, {"incoming", uid, 0, 0o700}, {"private", uid, 0, 0o700},
-		{"saved", uid, 0, 0o700}, {"trace", uid, 0, 0o700},
-		{"maildrop", uid, postdrop, 0o730}, {"public", uid, postdrop, 0o710},
-		{"pid", 0, 0, 0o755},
-	}
-	for _, d := range dirs {
-		p := filepath.Join(spool, d.name)
-		if err := os.Mkdir(p, d.mode); err != nil {
-			t.Fatalf("peertest: %v", err)
-		}
-		// Mkdir's mode is filtered by the umask: set it exactly.
-		if err := os.Chmod(p, d.mode); err != nil {
-			t.Fatalf("peertest: %v", err)
-		}
-		if err := os.Chown(p, d.uid, d.gid); err != nil {
 			t.Fatalf("peertest: %v", err)
 		}
 	}

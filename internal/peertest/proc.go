@@ -223,56 +223,13 @@ func (p *proc) exited() bool {
 	}
 }
 
-// stop ends the process group: SIGTERM, then SIGKILL after grace (at once
-// if grace is 0), then waits until no member of the group is left. Every
-// wait is bounded.
+// stop ends the process group (procstat.StopGroup), reporting what it
+// could not stop as a test error.
 func (p *proc) stop(t testing.TB, grace time.Duration) {
 	defer p.out.Close()
-	pgid := p.cmd.Process.Pid
-	if !p.exited() {
-		if grace > 0 {
-			_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		}
-		select {
-		case <-p.done:
-		case <-time.After(grace):
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			select {
-			case <-p.done:
-			case <-time.After(5 * time.Second):
-				t.Errorf("peertest: %s (pid %d) did not exit after SIGKILL", p.name, pgid)
-				return
-			}
-		}
+	if err := procstat.StopGroup(p.cmd.Process.Pid, p.done, grace); err != nil {
+		t.Errorf("peertest: stopping %s: %v", p.name, err)
 	}
-	// Children of the leader (Postfix and Dovecot daemons) may outlive it
-	// for a moment; the kernel does not reuse a process group id while the
-	// group has members, so signalling -pgid here is safe. Orphans are
-	// reaped by init, which may take a second: zombies do not count.
-	for i := 0; ; i++ {
-		live := groupMembers(pgid)
-		if len(live) == 0 {
-			return
-		}
-		if i >= 100 {
-			t.Errorf("peertest: processes %v of %s (group %d) still alive after 5 s", live, p.name, pgid)
-			return
-		}
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// groupMembers returns the pids of the processes of a process group that
-// are not zombies.
-func groupMembers(pgid int) []int {
-	var pids []int
-	for _, p := range procstat.All() {
-		if p.PGRP == pgid && !p.Zombie() {
-			pids = append(pids, p.PID)
-		}
-	}
-	return pids
 }
 
 // showLogs writes the tail of each of the process's logs to the test log.

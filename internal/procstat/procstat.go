@@ -1,8 +1,8 @@
-// Package procstat reads the kernel's process table (/proc/PID/stat). The
-// test harness and the benchmark command both start peers (Postfix,
-// Dovecot) that fork daemons, and need to find a process group's or a
-// session's members, and their CPU times; this package holds that reading
-// once.
+// Package procstat reads the kernel's process table (/proc/PID/stat) and
+// stops process groups. The test harness and the benchmark command both
+// start peers (Postfix, Dovecot) that fork daemons, and need to find a
+// process group's or a session's members and their CPU times, and to stop
+// the whole group; this package holds that once.
 package procstat
 
 import (

@@ -2,6 +2,8 @@ package procstat
 
 import (
 	"os"
+	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,4 +30,18 @@ func TestAllHasThisProcess(t *testing.T) {
 	}
 	require.NotNil(t, me)
 	assert.Equal(t, os.Getppid(), me.PPID)
+}
+
+func TestStopGroup(t *testing.T) {
+	// A shell in its own session that starts a child and waits: the
+	// group outlives nothing, and both are gone after StopGroup.
+	cmd := exec.Command("sh", "-c", "sleep 60 & wait")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	require.NoError(t, cmd.Start())
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	pgid := cmd.Process.Pid
+	require.Eventually(t, func() bool { return len(GroupMembers(pgid)) == 2 }, 5*time.Second, 10*time.Millisecond)
+	require.NoError(t, StopGroup(pgid, done, time.Second))
+	assert.Empty(t, GroupMembers(pgid))
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/seed7b014b84/caddy-smtp/mtasts"
@@ -124,15 +125,19 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 	vars := base
 	vars.Rcpt = msg.To[idx[0]].Addr
 	vars.RcptDomain = domainOf(vars.Rcpt)
-	finish := func(status transport.Status, err error) {
+	// finish gives every recipient of the route the same outcome: a
+	// status and why, and the reply when one decided it.
+	finish := func(status transport.Status, err error, rep *transport.Reply) {
 		for _, i := range idx {
 			rr := &report.Recipients[i]
-			rr.Route, rr.Status, rr.Duration = key.String(), status, time.Since(start)
+			rr.Route, rr.Status, rr.Duration, rr.Reply = key.String(), status, time.Since(start), rep
 			if err != nil {
 				rr.Error = err.Error()
 			}
 		}
 	}
+	// refuse fails the route with a made-up reply (REQUIRETLS).
+	refuse := func(rep *transport.Reply) { finish(transport.Failed, errors.New(rep.Text()), rep) }
 
 	dest := strategy.Destination{Domain: key.domain}
 	var remote *Remote
@@ -146,20 +151,20 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 		if resolver.IsPermanent(err) {
 			status = transport.Failed
 		}
-		finish(status, err)
+		finish(status, err, nil)
 		return
 	}
 	var sts *mtasts.Policy
 	if remote == nil {
 		if sts, err = a.stsPolicy(ctx, plan, &vars); err != nil {
-			finish(transport.Deferred, err)
+			finish(transport.Deferred, err, nil)
 			return
 		}
 	}
 	if msg.RequireTLS && remote == nil && plan.MXSecurity != resolver.Secure && (sts == nil || sts.Mode != mtasts.ModeEnforce) {
 		// RFC 8689, section 4.2.1: the MX must be looked up securely,
 		// with DNSSEC or under an MTA-STS policy.
-		finishReply(report, idx, key, start, requireTLSReply("the MX records of "+plan.Domain+" are not DNSSEC-secure, and it has no MTA-STS policy in enforce mode"))
+		refuse(requireTLSReply("the MX records of " + plan.Domain + " are not DNSSEC-secure, and it has no MTA-STS policy in enforce mode"))
 		return
 	}
 
@@ -191,7 +196,7 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 		}
 		if msg.RequireTLS {
 			if why := requireTLSOptions(&opts, policy); why != "" {
-				finishReply(report, idx, key, start, requireTLSReply(why))
+				refuse(requireTLSReply(why))
 				return
 			}
 		}
@@ -251,7 +256,7 @@ func (a *App) deliverRoute(ctx context.Context, msg *Message, base rules.Vars, k
 	if lastErr == nil {
 		lastErr = errors.New("no host to deliver to")
 	}
-	finish(transport.Deferred, lastErr)
+	finish(transport.Deferred, lastErr, nil)
 }
 
 func noReply(results []transport.RcptResult) bool {
@@ -273,7 +278,7 @@ func (a *App) sessionOptions(h *strategy.Host, remote *Remote, vars *rules.Vars)
 	if opts.AllowInvalidCerts, err = a.TLS.AllowInvalidCerts.Eval(vars); err != nil {
 		return opts, err
 	}
-	timeout := func(s *rules.Setting[caddyDuration]) (time.Duration, error) {
+	timeout := func(s *rules.Setting[caddy.Duration]) (time.Duration, error) {
 		d, err := s.Eval(vars)
 		if err != nil {
 			return 0, err
@@ -286,7 +291,7 @@ func (a *App) sessionOptions(h *strategy.Host, remote *Remote, vars *rules.Vars)
 	t := &opts.Timeouts
 	for _, f := range []struct {
 		dst *time.Duration
-		src *rules.Setting[caddyDuration]
+		src *rules.Setting[caddy.Duration]
 	}{{&t.Greeting, &a.Timeouts.Greeting}, {&t.TLS, &a.Timeouts.TLS}, {&t.EHLO, &a.Timeouts.EHLO},
 		{&t.MailFrom, &a.Timeouts.MailFrom}, {&t.RcptTo, &a.Timeouts.RcptTo}, {&t.Data, &a.Timeouts.Data}} {
 		if *f.dst, err = timeout(f.src); err != nil {
@@ -415,16 +420,4 @@ func requireTLSOptions(opts *transport.Options, policy string) string {
 		opts.StartTLS = transport.TLSRequire
 	}
 	return ""
-}
-
-// finishReply gives the recipients idx of a route the same made-up reply.
-func finishReply(report *Report, idx []int, key route, start time.Time, rep *transport.Reply) {
-	status := transport.Deferred
-	if rep.Class() == transport.PermanentNegative {
-		status = transport.Failed
-	}
-	for _, i := range idx {
-		rr := &report.Recipients[i]
-		rr.Route, rr.Status, rr.Duration, rr.Reply, rr.Error = key.String(), status, time.Since(start), rep, rep.Text()
-	}
 }

@@ -110,9 +110,6 @@ type App struct {
 	rootCAs *x509.CertPool
 }
 
-// caddyDuration names caddy.Duration for generic helpers.
-type caddyDuration = caddy.Duration
-
 // The defaults Provision sets; the field comments explain each choice.
 const (
 	defaultIPStrategy  = strategy.IPv4ThenIPv6

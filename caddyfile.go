@@ -172,8 +172,14 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("resolver is given twice")
 			}
 			a.Resolver, err = parseResolver(d)
+		case "queue":
+			if a.Queue != nil {
+				return d.Err("queue is given twice")
+			}
+			a.Queue = new(QueueConfig)
+			err = parseQueue(d, p, a.Queue)
 		default:
-			return d.Errf("unknown smtp option %q (known: hostname, next_hop, remote, list, ip_strategy, fallback_delay, source_ip, limits, timeouts, tls, pool, resolver)", d.Val())
+			return d.Errf("unknown smtp option %q (known: hostname, next_hop, remote, list, ip_strategy, fallback_delay, source_ip, limits, timeouts, tls, pool, resolver, queue)", d.Val())
 		}
 		if err != nil {
 			return err

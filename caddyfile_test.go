@@ -104,6 +104,11 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"resolver bad timeout", "smtp {\n\tresolver {\n\t\ttimeout soon\n\t}\n}", ":4", "not a duration"},
 		{"resolver cache option", "smtp {\n\tresolver {\n\t\tcache {\n\t\t\tentries 5\n\t\t}\n\t}\n}", ":5", `unknown resolver cache option "entries"`},
 		{"resolver twice", "smtp {\n\tresolver system\n\tresolver system\n}", ":4", "resolver is given twice"},
+		{"queue unknown option", "smtp {\n\tqueue {\n\t\tretries 5m\n\t}\n}", ":4", `unknown queue option "retries"`},
+		{"queue bad retry", "smtp {\n\tqueue {\n\t\tretry 5m soon\n\t}\n}", ":4", `"soon" is not a duration`},
+		{"queue bad size", "smtp {\n\tqueue {\n\t\tmax_size lots\n\t}\n}", ":4", `"lots" is not a size`},
+		{"queue twice", "smtp {\n\tqueue {\n\t}\n\tqueue {\n\t}\n}", ":5", "queue is given twice"},
+		{"queue retry twice", "smtp {\n\tqueue {\n\t\tretry 1m\n\t\tretry 2m\n\t}\n}", ":5", "retry is given twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
+	"github.com/seed7b014b84/caddy-smtp/internal/sysexits"
 	"github.com/seed7b014b84/caddy-smtp/mtasts"
 	"github.com/seed7b014b84/caddy-smtp/rules"
 	"github.com/seed7b014b84/caddy-smtp/strategy"
@@ -48,15 +49,25 @@ connects to nothing. --retry sets retry_num for rules that depend on it.`,
 		Long: `
 Delivers the RFC 5322 message read from standard input to the recipients,
 with the smtp app of the given config (the default Caddyfile, or --config),
-and prints the delivery report as JSON. The exit status is 0 when every
-recipient was delivered, 1 otherwise.`,
+and prints the delivery report as JSON. It makes one delivery attempt and
+keeps nothing: a caller that gets 75 still holds the message.
+
+The exit status is sendmail's (sysexits.h), for scripts and cron:
+
+  0   every recipient was delivered
+  75  (EX_TEMPFAIL) some were deferred and none failed: try again later
+  69  (EX_UNAVAILABLE) some recipient failed for good
+  64  (EX_USAGE) bad usage: a missing or unknown flag, an argument
+  65  (EX_DATAERR) bad input: a malformed address, an empty message
+  66  (EX_NOINPUT) standard input could not be read
+  78  (EX_CONFIG) the config could not be loaded`,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Flags().StringP("config", "c", "", "Configuration file")
 			cmd.Flags().StringP("adapter", "a", "", "Name of config adapter to apply")
 			cmd.Flags().String("from", "", "Envelope sender (empty for a bounce)")
 			cmd.Flags().StringArray("to", nil, "Envelope recipient (repeatable)")
 			cmd.Flags().Duration("timeout", 15*time.Minute, "Give up after this long")
-			cmd.Args = cobra.NoArgs
+			usageExit(cmd, cobra.NoArgs)
 			cmd.RunE = caddycmd.WrapCommandFuncForCobra(cmdSend)
 		},
 	})
@@ -228,21 +239,54 @@ func printPlan(w io.Writer, plan *strategy.Plan, policies []tlsPlan) {
 	_ = tw.Flush()
 }
 
+// usageExit makes cmd exit with EX_USAGE (64) for a bad flag or a wrong
+// number of arguments, which cobra would otherwise report with status 1
+// before the command runs (Caddy's command wrapper turns only a command's
+// own status into the exit status).
+func usageExit(cmd *cobra.Command, args cobra.PositionalArgs) {
+	fail := func(c *cobra.Command, err error) {
+		fmt.Fprintf(os.Stderr, "%s: %v\nusage: caddy %s %s\n", c.Name(), err, c.Name(), c.Use[len(c.Name()):])
+		os.Exit(sysexits.Usage)
+	}
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		fail(c, err)
+		return err
+	})
+	cmd.Args = func(c *cobra.Command, a []string) error {
+		if err := args(c, a); err != nil {
+			fail(c, err)
+			return err
+		}
+		return nil
+	}
+}
+
 func cmdSend(fl caddycmd.Flags) (int, error) {
 	to, err := fl.GetStringArray("to")
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, err
+		return sysexits.Usage, err
 	}
 	if len(to) == 0 {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("--to: at least one recipient")
+		return sysexits.Usage, fmt.Errorf("--to: at least one recipient")
+	}
+	for i, r := range to {
+		if !validAddr(r) {
+			return sysexits.DataErr, fmt.Errorf("--to[%d]: %q is not an address (local-part@domain)", i, r)
+		}
+	}
+	if from := fl.String("from"); from != "" && !validAddr(from) {
+		return sysexits.DataErr, fmt.Errorf("--from: %q is not an address (local-part@domain, or empty for a bounce)", from)
 	}
 	body, err := io.ReadAll(io.LimitReader(os.Stdin, 1<<30))
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("reading the message from standard input: %w", err)
+		return sysexits.NoInput, fmt.Errorf("reading the message from standard input: %w", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return sysexits.DataErr, fmt.Errorf("standard input: empty message")
 	}
 	app, err := loadApp(fl)
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, err
+		return sysexits.Config, err
 	}
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -258,17 +302,35 @@ func cmdSend(fl caddycmd.Flags) (int, error) {
 	defer cancel()
 	report, err := app.Deliver(ctx, msg)
 	if err != nil {
-		return 1, err
+		return sysexits.DataErr, err
 	}
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "\t")
 	if err := enc.Encode(report); err != nil {
-		return 1, err
+		return sysexits.IOErr, err
 	}
-	if d, _, _ := report.Counts(); d != len(report.Recipients) {
-		return 1, nil
+	return reportStatus(report), nil
+}
+
+// reportStatus is the exit status of a delivery: 0 when every recipient
+// was delivered, EX_UNAVAILABLE when any failed, EX_TEMPFAIL when some were
+// deferred and none failed.
+func reportStatus(r *Report) int {
+	_, deferred, failed := r.Counts()
+	switch {
+	case failed > 0:
+		return sysexits.Unavailable
+	case deferred > 0:
+		return sysexits.TempFail
 	}
-	return 0, nil
+	return sysexits.OK
+}
+
+// validAddr reports whether s looks like local-part@domain, with nothing
+// that could end a command line or an address.
+func validAddr(s string) bool {
+	at := strings.LastIndexByte(s, '@')
+	return at > 0 && at < len(s)-1 && !strings.ContainsAny(s, "<>\r\n\x00 ")
 }
 
 func isASCII(b []byte) bool {

@@ -28,7 +28,7 @@ func validate(t *testing.T, raw string) error {
 }
 
 // provisioned returns the app provisioned from raw.
-func provisioned(t *testing.T, raw string) *App {
+func provisioned(t testing.TB, raw string) *App {
 	t.Helper()
 	// As Caddy provisions it, in a context with a config (storage, other
 	// apps), without starting it.
@@ -225,6 +225,17 @@ func TestInvalidConfigs(t *testing.T) {
 		{"resolver unknown key", `{"resolver": {"server": ["udp://127.0.0.1:53"]}}`, []string{"resolver.server: unknown key"}},
 		{"resolver bad attempts", `{"resolver": {"servers": ["udp://127.0.0.1"], "attempts": -1}}`, []string{"resolver.attempts"}},
 		{"resolver cache bad key", `{"resolver": {"cache": {"entries": 5}}}`, []string{"resolver.cache.entries: unknown key"}},
+		{"queue unknown key", `{"queue": {"retries": ["5m"]}}`, []string{"queue.retries: unknown key"}},
+		{"queue retry empty", `{"queue": {"retry": []}}`, []string{"queue.retry", "at least one delay"}},
+		{"queue retry zero", `{"queue": {"retry": ["5m", "0s"]}}`, []string{"queue.retry[1]", "not a positive delay"}},
+		{"queue retry not durations", `{"queue": {"retry": "soon"}}`, []string{"queue.retry"}},
+		{"queue retry rule", `{"queue": {"retry": [{"if": "source == 'dsn'", "then": ["1m", "-1m"]}, {"else": ["5m"]}]}}`, []string{"queue.retry[0].then[1]", "not a positive delay"}},
+		{"queue retry rule CEL", `{"queue": {"retry": [{"if": "sourc == 'dsn'", "then": ["1m"]}, {"else": ["5m"]}]}}`, []string{"queue.retry[0].if", "undeclared reference"}},
+		{"queue expire negative", `{"queue": {"expire": "-1h"}}`, []string{"queue.expire", "not a positive"}},
+		{"queue notify zero", `{"queue": {"notify": ["0s"]}}`, []string{"queue.notify[0]", "not a positive age"}},
+		{"queue negative concurrency", `{"queue": {"concurrency": -1}}`, []string{"queue.concurrency", "negative"}},
+		{"queue negative max_size", `{"queue": {"max_size": -5}}`, []string{"queue.max_size", "negative"}},
+		{"queue concurrency not a number", `{"queue": {"concurrency": "many"}}`, []string{"queue.concurrency"}},
 		{"not an object", `["smtp"]`, []string{"want an object"}},
 	}
 	require.GreaterOrEqual(t, len(tests), 25)

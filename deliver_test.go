@@ -36,6 +36,8 @@ failover MX 20 mx.failover
 dead.failover A 127.83.0.11
 mx.failover A 127.83.0.12
 nullmx MX 0 .
+down MX 10 mx.down
+mx.down A 127.83.0.13
 `}}})
 	l := &deliveryLab{
 		unbound: peertest.StartUnbound(t, peertest.UnboundOptions{Knot: knot}),
@@ -85,7 +87,7 @@ func TestDeliverRoutes(t *testing.T) {
 		Size: int64(len(body)),
 	}
 	for _, r := range []string{"x@good.mail.test", "y@failover.mail.test", "alice@foobar.net", "nobody@foobar.net",
-		"z@relay.test", "n@nullmx.mail.test", "q@nothere.mail.test"} {
+		"z@relay.test", "n@nullmx.mail.test", "q@nothere.mail.test", "d@down.mail.test", "s@servfail.example"} {
 		msg.To = append(msg.To, transport.Recipient{Addr: r})
 	}
 	report, err := app.Deliver(t.Context(), msg)
@@ -116,15 +118,33 @@ func TestDeliverRoutes(t *testing.T) {
 	assert.Equal(t, transport.Delivered, relay.Status, relay.Error)
 	assert.Equal(t, "relay", relay.Route)
 
-	null := got["n@nullmx.mail.test"]
-	assert.Equal(t, transport.Failed, null.Status)
-	assert.Contains(t, null.Error, "null MX")
-	nx := got["q@nothere.mail.test"]
-	assert.Equal(t, transport.Failed, nx.Status)
-	assert.Contains(t, nx.Error, "no such domain")
+	// Outcomes no server replied to carry a code of this app's (issue 10,
+	// item 17), marked local.
+	for _, c := range []struct {
+		rcpt     string
+		status   transport.Status
+		code     int
+		enhanced string
+		why      string
+	}{
+		{"n@nullmx.mail.test", transport.Failed, 556, "5.1.10", "null MX"},
+		{"q@nothere.mail.test", transport.Failed, 550, "5.1.2", "no such domain"},
+		{"s@servfail.example", transport.Deferred, 451, "4.4.3", "refused"},
+		{"d@down.mail.test", transport.Deferred, 451, "4.4.1", "connection refused"},
+	} {
+		rr := got[c.rcpt]
+		assert.Equal(t, c.status, rr.Status, c.rcpt)
+		assert.Contains(t, rr.Error, c.why, c.rcpt)
+		if assert.NotNil(t, rr.Reply, c.rcpt) {
+			assert.Equal(t, c.code, rr.Reply.Code, c.rcpt)
+			assert.Equal(t, c.enhanced, rr.Reply.Enhanced, c.rcpt)
+			assert.True(t, rr.Reply.Local, "%s: a reply of this app's, not a server's", c.rcpt)
+		}
+	}
+	assert.False(t, nobody.Reply.Local, "Dovecot's own reply")
 
 	d, def, f := report.Counts()
-	assert.Equal(t, [3]int{4, 0, 3}, [3]int{d, def, f})
+	assert.Equal(t, [3]int{4, 2, 3}, [3]int{d, def, f})
 
 	assert.Len(t, l.mx1.WaitMessages(t, 1, 5*time.Second), 1)
 	assert.Len(t, l.mx2.WaitMessages(t, 1, 5*time.Second), 1)

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/seed7b014b84/caddy-smtp/internal/strictjson"
+	"github.com/seed7b014b84/caddy-smtp/queue"
 	"github.com/seed7b014b84/caddy-smtp/resolver"
 	"github.com/seed7b014b84/caddy-smtp/rules"
 	"github.com/seed7b014b84/caddy-smtp/strategy"
@@ -87,6 +88,10 @@ type App struct {
 	// included.
 	Pool *Pool `json:"pool,omitempty"`
 
+	// Queue is the outbound queue: where messages wait between attempts,
+	// the retry schedule, when they expire, and how many go at once.
+	Queue *QueueConfig `json:"queue,omitempty"`
+
 	// Resolver is the DNS resolver's settings: servers, timeouts, cache.
 	// Default: the servers of /etc/resolv.conf, with a cache of 10000
 	// answers. Resolvers with the same settings are shared across config
@@ -108,6 +113,10 @@ type App struct {
 	// rootCAs verifies servers' certificates; nil is the system's roots
 	// (which SSL_CERT_FILE and SSL_CERT_DIR can point elsewhere).
 	rootCAs *x509.CertPool
+	// queue is the running queue, from Start on; releaseQueue gives it
+	// back to the pool.
+	queue        *queue.Queue
+	releaseQueue func()
 }
 
 // The defaults Provision sets; the field comments explain each choice.
@@ -174,7 +183,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.compileRules(); err != nil {
 		return err
 	}
+	if err := a.Queue.compile(a.env); err != nil {
+		return err
+	}
 	if err := a.provisionResolver(); err != nil {
+		return err
+	}
+	if err := queue.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
 	a.provisionEvents()
@@ -273,6 +288,9 @@ func (a *App) Cleanup() error {
 	if a.releaseReports != nil {
 		a.releaseReports()
 	}
+	if a.releaseQueue != nil {
+		a.releaseQueue()
+	}
 	return nil
 }
 
@@ -318,6 +336,10 @@ func (a *App) setDefaults() error {
 	defaultSetting(&a.TLS.AllowInvalidCerts, false)
 	defaultSetting(&a.TLS.MTASTS, transport.TLSOptional)
 	defaultSetting(&a.TLS.DANE, transport.TLSOptional)
+	if a.Queue == nil {
+		a.Queue = new(QueueConfig)
+	}
+	a.Queue.setDefaults()
 	for _, r := range a.Remotes {
 		if r == nil {
 			continue // Validate reports it
@@ -431,11 +453,15 @@ func (a *App) compileRules() error {
 }
 
 // Start starts the app: from now on it is the one deliveries log and emit
-// events through. Deliveries are made on demand by callers, so nothing
-// runs in the background.
+// events through, and the queue (opened the first time, kept across
+// reloads) delivers with this config's settings.
 func (a *App) Start() error {
+	if err := a.startQueue(); err != nil {
+		return err
+	}
 	running.Store(a)
 	go a.refreshSTS()
+	go a.updateQueueGauges()
 	a.logger.Info("smtp app started",
 		zap.Int("remotes", len(a.Remotes)),
 		zap.Int("lists", len(a.Lists)))
@@ -443,8 +469,8 @@ func (a *App) Start() error {
 }
 
 // Stop stops the app. It returns at once and never blocks the admin API:
-// deliveries in flight finish on their connections (the pool is shared
-// with the next config and released in Cleanup).
+// deliveries in flight finish on their connections (the pool and the
+// queue are shared with the next config and released in Cleanup).
 func (a *App) Stop() error {
 	if a.stopped != nil {
 		a.stopped.Store(true)

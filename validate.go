@@ -41,6 +41,9 @@ func (a *App) Validate() error {
 	for _, name := range sortedNames(a.Remotes) {
 		add(a.validateRemote(name, a.Remotes[name]))
 	}
+	if a.Queue != nil {
+		add(a.Queue.validate())
+	}
 	add(a.NextHop.Each("next_hop", func(path string, hop *NextHop) error {
 		if *hop == MX {
 			return nil

@@ -34,6 +34,9 @@ func startMailLab(t *testing.T) *mailLab {
 	knot := peertest.StartKnot(t, peertest.KnotOptions{Zones: []peertest.Zone{{Name: "mail.test", Records: `
 good MX 10 mx1.good
 mx1.good A 127.84.0.10
+down MX 10 mx1.down
+mx1.down A 127.84.0.11
+nullmx MX 0 .
 `}}})
 	return &mailLab{
 		unbound: peertest.StartUnbound(t, peertest.UnboundOptions{Knot: knot}),
@@ -158,4 +161,53 @@ func TestHTTPSendAndCommands(t *testing.T) {
 		assert.Len(t, l.relay.WaitMessages(t, 2, 10*time.Second), 2)
 		assert.Len(t, l.mx.WaitMessages(t, 2, 10*time.Second), 2)
 	})
+}
+
+// TestSendExitStatus checks `caddy smtp-send`'s exit statuses, sendmail's
+// sysexits, with the built binary: scripts and cron tell a retry from a
+// failure by them.
+func TestSendExitStatus(t *testing.T) {
+	l := startMailLab(t)
+	cfgPath := filepath.Join(t.TempDir(), "Caddyfile")
+	require.NoError(t, os.WriteFile(cfgPath, []byte("{\n"+l.smtpOption()+"}\n"), 0o644))
+	badCfg := filepath.Join(t.TempDir(), "Caddyfile")
+	require.NoError(t, os.WriteFile(badCfg, []byte("{\n\tsmtp {\n\t\tip_strategy sideways\n\t}\n}\n"), 0o644))
+	msg := "Subject: exit status\n\nhi\n"
+	for _, c := range []struct {
+		name  string
+		args  []string
+		stdin string
+		want  int
+	}{
+		{"delivered", []string{"--to", "a@relay.test"}, msg, 0},
+		{"deferred", []string{"--to", "b@down.mail.test"}, msg, 75},
+		{"deferred and delivered", []string{"--to", "b@down.mail.test", "--to", "c@relay.test"}, msg, 75},
+		{"failed", []string{"--to", "nobody@foobar.net"}, msg, 69},
+		{"failed and deferred", []string{"--to", "n@nullmx.mail.test", "--to", "b@down.mail.test"}, msg, 69},
+		{"no recipient", nil, msg, 64},
+		{"unknown flag", []string{"--to", "a@relay.test", "--bogus"}, msg, 64},
+		{"an argument", []string{"--to", "a@relay.test", "extra"}, msg, 64},
+		{"malformed recipient", []string{"--to", "a@relay.test>\r\nRCPT TO:<x@y"}, msg, 65},
+		{"empty message", []string{"--to", "a@relay.test"}, "", 65},
+		{"bad config", []string{"--to", "a@relay.test", "--config", badCfg}, msg, 78},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			args := append([]string{"smtp-send", "--config", cfgPath, "--from", "cli@example.org"}, c.args...)
+			cmd := exec.CommandContext(ctx, caddyBin, args...)
+			cmd.Stdin = strings.NewReader(c.stdin)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			got := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				got = ee.ExitCode()
+			} else {
+				require.NoError(t, err)
+			}
+			assert.Equal(t, c.want, got, "stdout: %s\nstderr: %s", stdout.String(), stderr.String())
+		})
+	}
+	require.Eventually(t, func() bool { return len(l.relay.Messages(t)) == 3 }, 10*time.Second, 50*time.Millisecond)
 }

@@ -1,6 +1,8 @@
 package httpsend
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -21,7 +23,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler:
 //
 //	smtp_send [<matcher>] {
-//		max_size <size>
+//		mode           queue|deliver
+//		max_size       <size>
+//		max_recipients <n>
+//		max_concurrent <n>
 //	}
 //
 // where size is in bytes or with a unit (10MB, 25MiB).
@@ -42,11 +47,47 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_size %q: %v", s, err)
 			}
 			h.MaxSize = int64(n)
+		case "mode":
+			var m string
+			if !d.AllArgs(&m) {
+				return d.ArgErr()
+			}
+			if m != ModeQueue && m != ModeDeliver {
+				return d.Errf("mode %q: want queue or deliver", m)
+			}
+			h.Mode = m
+		case "max_recipients":
+			n, err := positiveInt(d)
+			if err != nil {
+				return err
+			}
+			h.MaxRecipients = n
+		case "max_concurrent":
+			n, err := positiveInt(d)
+			if err != nil {
+				return err
+			}
+			h.MaxConcurrent = n
 		default:
-			return d.Errf("unknown smtp_send option %q (known: max_size)", d.Val())
+			return d.Errf("unknown smtp_send option %q (known: mode, max_size, max_recipients, max_concurrent)", d.Val())
 		}
 	}
 	return nil
+}
+
+// positiveInt reads the one argument of the option d is on, a whole
+// number above 0.
+func positiveInt(d *caddyfile.Dispenser) (int, error) {
+	option := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return 0, d.Errf("%s %q: want a whole number above 0", option, s)
+	}
+	return n, nil
 }
 
 // Interface guards

@@ -24,9 +24,27 @@ import (
 // startCaddy runs Caddy with an HTTP server whose only route is smtp_send,
 // and the smtp app routing bad.test to a sink that refuses recipients
 // (-f rcpt), later.test to one that defers them (-r rcpt), and the rest to
-// a sink that takes everything.
-func startCaddy(t *testing.T) (base string, good *peertest.Sink) {
+// a sink that takes everything. handler is the smtp_send handler's JSON.
+//
+// The handler is in deliver mode unless handler names a mode: these tests
+// read the delivery report.
+func startCaddy(t *testing.T, handler string) (base string, good *peertest.Sink) {
 	t.Helper()
+	base, good, _ = startCaddyQueue(t, handler, `"retry": ["1s"]`)
+	return base, good
+}
+
+// startCaddyQueue is startCaddy with the smtp app's queue settings (JSON
+// object members), and returns Caddy's queue folder.
+func startCaddyQueue(t *testing.T, handler, queue string) (base string, good *peertest.Sink, queueDir string) {
+	t.Helper()
+	if !strings.Contains(handler, `"mode"`) {
+		handler = strings.Replace(handler, `"handler": "smtp_send"`, `"handler": "smtp_send", "mode": "deliver"`, 1)
+	}
+	queueDir = t.TempDir()
+	b, err := json.Marshal(queueDir)
+	require.NoError(t, err)
+	queue = `"path": ` + string(b) + `, ` + queue
 	good = peertest.StartSink(t, peertest.SinkOptions{})
 	bad := peertest.StartSink(t, peertest.SinkOptions{Flags: []string{"-f", "rcpt"}})
 	later := peertest.StartSink(t, peertest.SinkOptions{Flags: []string{"-r", "rcpt"}})
@@ -35,9 +53,10 @@ func startCaddy(t *testing.T) (base string, good *peertest.Sink) {
 		"admin": {"disabled": true},
 		"apps": {
 			"http": {"servers": {"send": {"listen": ["127.0.0.1:%d"], "automatic_https": {"disable": true},
-				"routes": [{"handle": [{"handler": "smtp_send", "max_size": 4096}]}]}}},
+				"routes": [{"handle": [%s]}]}}},
 			"smtp": {
 				"hostname": "web.example.org",
+				"queue": {%s},
 				"next_hop": [
 					{"if": "rcpt_domain == 'bad.test'", "then": "bad"},
 					{"if": "rcpt_domain == 'later.test'", "then": "later"},
@@ -50,10 +69,10 @@ func startCaddy(t *testing.T) (base string, good *peertest.Sink) {
 				}
 			}
 		}
-	}`, port, good.Port, bad.Port, later.Port)
+	}`, port, handler, queue, good.Port, bad.Port, later.Port)
 	require.NoError(t, caddy.Load([]byte(cfg), true))
 	t.Cleanup(func() { _ = caddy.Stop() })
-	return fmt.Sprintf("http://127.0.0.1:%d/", port), good
+	return fmt.Sprintf("http://127.0.0.1:%d/", port), good, queueDir
 }
 
 type reportJSON struct {
@@ -87,7 +106,7 @@ func post(t *testing.T, u, ctype, body string, header http.Header) (int, reportJ
 }
 
 func TestSend(t *testing.T) {
-	base, good := startCaddy(t)
+	base, good := startCaddy(t, `{"handler": "smtp_send", "max_size": 4096}`)
 	raw := "From: app@example.org\r\nSubject: raw\r\n\r\nraw body\r\n"
 
 	t.Run("raw message, envelope in the query", func(t *testing.T) {
@@ -118,9 +137,10 @@ func TestSend(t *testing.T) {
 		}
 	}
 	assert.Contains(t, form, "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=")
-	assert.Contains(t, form, "Reply-To: help@example.org")
+	assert.Contains(t, form, "Reply-To: <help@example.org>")
 	assert.Contains(t, form, "Content-Type: text/plain; charset=utf-8")
-	assert.Contains(t, form, "héllo\nworld")
+	assert.Contains(t, form, "Content-Transfer-Encoding: quoted-printable")
+	assert.Contains(t, form, "h=C3=A9llo\nworld")
 	assert.Contains(t, form, "@web.example.org>", "Message-ID names the app's host")
 
 	t.Run("mixed outcome is 207", func(t *testing.T) {
@@ -150,7 +170,7 @@ func TestSend(t *testing.T) {
 		{"bad sender", "?from=a@b@c&to=x@example.net", "message/rfc822", raw, 400, "from:"},
 		{"empty body", "?from=app@example.org&to=x@example.net", "message/rfc822", "  ", 400, "body: empty"},
 		{"unknown JSON field", "", "application/json", `{"from": "a@example.org", "to": ["x@example.net"], "body": "x"}`, 400, `unknown field "body"`},
-		{"header injection", "", "application/json", `{"from": "a@example.org", "to": ["x@example.net"], "subject": "a\r\nBcc: evil@example.org"}`, 400, "subject: a line break"},
+		{"header injection", "", "application/json", `{"from": "a@example.org", "to": ["x@example.net"], "subject": "a\r\nBcc: evil@example.org"}`, 400, "subject: CR at byte 1"},
 		{"reserved header", "", "application/json", `{"from": "a@example.org", "to": ["x@example.net"], "headers": {"From": "x@y.z"}}`, 400, "set by the form"},
 		{"too big", "?from=app@example.org&to=x@example.net", "message/rfc822", strings.Repeat("x", 5000), 413, "max_size"},
 	}
@@ -180,4 +200,21 @@ func TestCaddyfile(t *testing.T) {
 	_, _, err = caddyconfig.GetAdapter("caddyfile").Adapt([]byte(":8025 {\n\tsmtp_send {\n\t\tmax_size lots\n\t}\n}\n"), map[string]any{"filename": "Caddyfile"})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "Caddyfile:3")
+
+	out, _, err = caddyconfig.GetAdapter("caddyfile").Adapt([]byte(":8025 {\n\tsmtp_send {\n\t\tmax_recipients 10\n\t\tmax_concurrent 8\n\t}\n}\n"), nil)
+	require.NoError(t, err)
+	assert.Contains(t, string(out), `{"handler":"smtp_send","max_concurrent":8,"max_recipients":10}`)
+	for _, bad := range []struct{ line, want string }{
+		{"max_recipients 0", `max_recipients "0": want a whole number above 0`},
+		{"max_recipients -3", `max_recipients "-3": want a whole number above 0`},
+		{"max_concurrent many", `max_concurrent "many": want a whole number above 0`},
+		{"max_concurrent", "wrong argument count"},
+		{"max_concurrent 1 2", "wrong argument count"},
+		{"max_senders 1", `unknown smtp_send option "max_senders"`},
+	} {
+		_, _, err = caddyconfig.GetAdapter("caddyfile").Adapt([]byte(":8025 {\n\tsmtp_send {\n\t\t"+bad.line+"\n\t}\n}\n"), map[string]any{"filename": "Caddyfile"})
+		require.Error(t, err, bad.line)
+		assert.Contains(t, err.Error(), bad.want)
+		assert.Contains(t, err.Error(), "Caddyfile:3")
+	}
 }

@@ -1,10 +1,14 @@
 package l4submission
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
@@ -26,7 +30,7 @@ type User struct {
 }
 
 // authenticator checks users' passwords with a Caddy hash comparer, as
-// Caddy's basic_auth does.
+// Caddy's basic_auth does, through the handler's authThrottle.
 type authenticator struct {
 	hash  caddyauth.Comparer
 	users map[string][]byte
@@ -36,6 +40,9 @@ type authenticator struct {
 	// whose cost may be far higher than the configured hashes' and would
 	// both tell unknown users apart and make them expensive.
 	fake []byte
+	// throttle is shared by the handler's connections (see guard); set by
+	// Provision.
+	throttle *authThrottle
 }
 
 // newAuthenticator loads the hash module and the users.
@@ -73,19 +80,82 @@ func newAuthenticator(ctx caddy.Context, h *Handler) (*authenticator, error) {
 			a.fake = hashed
 		}
 	}
+	a.throttle = newAuthThrottle()
 	return a, nil
 }
 
-// check returns nil when the password is the user's, and smtp.ErrAuthFailed
-// (535 5.7.8) when the user is unknown or the password wrong.
-func (a *authenticator) check(username, password string) error {
+// The replies of check besides success.
+var (
+	errAuthTemporary = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "temporary authentication failure"}
+	errAuthBusy = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "too many authentications in progress; try again later"}
+)
+
+// errAuthLocked is the reply to AUTH from a client locked out for d.
+func errAuthLocked(client netip.Addr, d time.Duration) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: fmt.Sprintf("too many failed authentications from %s; try again in %s", client, d.Round(time.Second))}
+}
+
+// check returns nil when the password is the user's; smtp.ErrAuthFailed
+// (535 5.7.8) when the user is unknown or the password wrong; and 454
+// 4.7.0 without comparing anything when the client is locked out (see
+// authThrottle) or no hash comparison could start within authHashWait.
+// A (user, password) pair that succeeded before is taken from the cache
+// without a comparison.
+func (a *authenticator) check(client netip.Addr, username, password string) error {
+	t := a.throttle
+	key := clientKey(client)
+	if d := t.lockedFor(key, time.Now()); d > 0 {
+		// Slowly, so that a client that goes on cannot make the server
+		// spend its CPU on new connections and TLS handshakes instead.
+		time.Sleep(authLockedDelay)
+		return errAuthLocked(client, d-authLockedDelay)
+	}
+	ck := t.cacheKey(username, password)
+	if t.cached(ck) {
+		return nil
+	}
+	// Concurrent checks of the same credentials from the same client
+	// (a program that opens a few connections at once) share one
+	// comparison.
+	flight := key.String() + "\x00" + string(ck[:])
+	v, _, _ := t.flights.Do(flight, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), authHashWait)
+		defer cancel()
+		slots := hashSlots()
+		if err := slots.Acquire(ctx, 1); err != nil {
+			return errAuthBusy, nil
+		}
+		defer slots.Release(1)
+		// Checked again: the client may have used up its failures while
+		// this one waited for its turn.
+		if d := t.lockedFor(key, time.Now()); d > 0 {
+			return errAuthLocked(client, d), nil
+		}
+		t.compares.Add(1)
+		return a.compare(username, password), nil
+	})
+	err, _ := v.(error)
+	switch {
+	case err == nil:
+		t.remember(ck)
+	case errors.Is(err, smtp.ErrAuthFailed):
+		t.fail(key, time.Now())
+	}
+	return err
+}
+
+// compare compares the password with the user's hash (or the fake one).
+func (a *authenticator) compare(username, password string) error {
 	hashed, known := a.users[username]
 	if !known {
 		hashed = a.fake
 	}
 	same, err := a.hash.Compare(hashed, []byte(password))
 	if err != nil {
-		return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "temporary authentication failure"}
+		return errAuthTemporary
 	}
 	if !same || !known {
 		return smtp.ErrAuthFailed

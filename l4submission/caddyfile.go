@@ -26,9 +26,11 @@ import (
 //		relay_networks <cidr|ip|private_ranges>...
 //		max_message_size <size>
 //		max_recipients <n>
+//		max_line_length <octets>
+//		max_connections <n>
+//		max_connections_per_ip <n>
 //		read_timeout <duration>
 //		write_timeout <duration>
-//		delivery_timeout <duration>
 //	}
 //
 // `tls` without a block offers STARTTLS with the default connection
@@ -101,7 +103,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%s: bad size %q", option, d.Val())
 			}
 			h.MaxMessageSize = int64(n)
-		case "max_recipients":
+		case "max_recipients", "max_line_length", "max_connections", "max_connections_per_ip":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -109,8 +111,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return d.Errf("%s: bad number %q", option, d.Val())
 			}
-			h.MaxRecipients = n
-		case "read_timeout", "write_timeout", "delivery_timeout":
+			*map[string]*int{
+				"max_recipients":         &h.MaxRecipients,
+				"max_line_length":        &h.MaxLineLength,
+				"max_connections":        &h.MaxConnections,
+				"max_connections_per_ip": &h.MaxConnectionsPerIP,
+			}[option] = n
+		case "read_timeout", "write_timeout":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -119,9 +126,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%s: bad duration %q: %v", option, d.Val(), err)
 			}
 			*map[string]*caddy.Duration{
-				"read_timeout":     &h.ReadTimeout,
-				"write_timeout":    &h.WriteTimeout,
-				"delivery_timeout": &h.DeliveryTimeout,
+				"read_timeout":  &h.ReadTimeout,
+				"write_timeout": &h.WriteTimeout,
 			}[option] = caddy.Duration(dur)
 		default:
 			return d.Errf("unrecognized %s option '%s'", wrapper, option)

@@ -41,21 +41,25 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				relay_networks 10.1.0.0/16
 				max_message_size 10MiB
 				max_recipients 50
+				max_line_length 2000
+				max_connections 200
+				max_connections_per_ip 10
 				read_timeout 2m
 				write_timeout 30s
-				delivery_timeout 4m
 			}`,
 			want: Handler{
-				Hostname:          "mx.example.org",
-				Users:             []User{{"alice", "$2a$14$abc"}, {"bob", "$2a$14$def"}},
-				HashRaw:           json.RawMessage(`{"algorithm":"argon2id"}`),
-				AllowInsecureAuth: true,
-				RelayNetworks:     []string{"10.1.0.0/16"},
-				MaxMessageSize:    10 << 20,
-				MaxRecipients:     50,
-				ReadTimeout:       caddy.Duration(2 * time.Minute),
-				WriteTimeout:      caddy.Duration(30 * time.Second),
-				DeliveryTimeout:   caddy.Duration(4 * time.Minute),
+				Hostname:            "mx.example.org",
+				Users:               []User{{"alice", "$2a$14$abc"}, {"bob", "$2a$14$def"}},
+				HashRaw:             json.RawMessage(`{"algorithm":"argon2id"}`),
+				AllowInsecureAuth:   true,
+				RelayNetworks:       []string{"10.1.0.0/16"},
+				MaxMessageSize:      10 << 20,
+				MaxRecipients:       50,
+				MaxLineLength:       2000,
+				MaxConnections:      200,
+				MaxConnectionsPerIP: 10,
+				ReadTimeout:         caddy.Duration(2 * time.Minute),
+				WriteTimeout:        caddy.Duration(30 * time.Second),
 			},
 		},
 		{
@@ -89,6 +93,10 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"unknown hash", "smtp_submission {\n\thash md5\n}", `unknown hash algorithm "md5"`},
 		{"bad size", "smtp_submission {\n\tmax_message_size lots\n}", `bad size "lots"`},
 		{"bad number", "smtp_submission {\n\tmax_recipients many\n}", `bad number "many"`},
+		{"bad line length", "smtp_submission {\n\tmax_line_length long\n}", `max_line_length: bad number "long"`},
+		{"bad connection limit", "smtp_submission {\n\tmax_connections lots\n}", `max_connections: bad number "lots"`},
+		{"bad per-client limit", "smtp_submission {\n\tmax_connections_per_ip 1.5\n}", `max_connections_per_ip: bad number "1.5"`},
+		{"connection limit without a number", "smtp_submission {\n\tmax_connections\n}", "wrong argument count"},
 		{"bad duration", "smtp_submission {\n\tread_timeout soon\n}", `bad duration "soon"`},
 		{"extra argument", "smtp_submission {\n\thostname a b\n}", "wrong argument count"},
 		{"relay_networks without networks", "smtp_submission {\n\trelay_networks\n}", "wrong argument count"},
@@ -118,6 +126,8 @@ func TestCaddyfileAdapt(t *testing.T) {
 					user alice $2a$14$abc
 					relay_networks 127.0.0.1/32
 					max_message_size 1MiB
+					max_line_length 4000
+					max_connections_per_ip 20
 				}
 			}
 		}
@@ -151,7 +161,9 @@ func TestCaddyfileAdapt(t *testing.T) {
 			"tls": {},
 			"users": [{"username": "alice", "password": "$2a$14$abc"}],
 			"relay_networks": ["127.0.0.1/32"],
-			"max_message_size": 1048576
+			"max_message_size": 1048576,
+			"max_line_length": 4000,
+			"max_connections_per_ip": 20
 		}`, string(srv.Routes[0].Handle[0]))
 	}
 }

@@ -1,6 +1,6 @@
 // Package l4submission holds `layer4.handlers.smtp_submission`, a caddy-l4
-// connection handler that speaks SMTP to clients and hands each message it
-// receives to the `smtp` app's Deliver.
+// connection handler that speaks SMTP to clients and puts each message it
+// receives in the `smtp` app's queue.
 //
 // It is a package of its own because it is the one part of this module
 // that needs caddy-l4 and an SMTP server: the `smtp` app does not depend on
@@ -8,49 +8,21 @@
 // use for it. Build it in by importing it (xcaddy:
 // `--with github.com/seed7b014b84/caddy-smtp/l4submission`).
 //
-// # A synchronous relay
+// # Into the queue
 //
-// The smtp app has no queue yet, so this handler does not take
-// responsibility for a message the way a queueing MTA does. It reads the
-// whole message, calls Deliver, and answers the final dot of DATA (or BDAT
-// LAST) only when Deliver has the outcome of every recipient. The client
-// keeps the message, and the duty to retry it, until it gets 250. The reply
-// is therefore the outcome:
+// The message streams, after the Received header the handler adds, into
+// the queue; the end of its data is answered "250 2.0.0 queued as ID" only
+// once the queue has it, with its envelope, on stable storage. From then
+// on the queue delivers it, retries it and reports on it (delivery status
+// notifications to the sender), as a queueing MTA does: the client's duty
+// ends with the 250. Nothing is held anywhere but in the queue: no spool
+// file, nothing in a temporary folder.
 //
-//   - every recipient delivered: 250;
-//   - any recipient deferred (a 4xx reply, no host reachable, a timeout):
-//     451, with one line per recipient not delivered, so that the client
-//     tries again later;
-//   - no recipient deferred, some failed for good (5xx, no such domain):
-//     the first failure's code when it is one RFC 5321 lists for the end
-//     of DATA (550, 552, 554; else 554) and its enhanced status code, with
-//     one line per failed recipient that quotes the server's reply, and,
-//     when others were delivered, a last line that says how many were; the
-//     client then bounces the message to its sender, whose bounce names the
-//     recipients that did not get it.
-//
-// SMTP has a single reply for a transaction whatever its number of
-// recipients, so a transaction that was delivered to some recipients and
-// deferred for others cannot be answered truthfully: 250 would lose the
-// message for the deferred ones (nobody would retry it), and 451 makes the
-// client send it again to everyone. The handler answers 451, since a lost
-// message is worse than a second copy, and avoids the second copy: it
-// remembers, for five days (a client's usual retry period), the recipients
-// that a message was delivered to when it answered 451, keyed by a hash of
-// the envelope sender and the message as the client sent it. When the
-// client retries the same message, those recipients are counted as
-// delivered without being sent to again. Clients that queue (Postfix,
-// Exim, sendmail) send the same bytes on every try, so their recipients
-// get one copy each; a client that rebuilds the message for each try (a
-// new Date or Message-ID) makes a new message, and the recipients already
-// served get another copy. The memory is per process and holds the last
-// 10000 such messages: a restart of Caddy forgets it. A mixed transaction where nothing was deferred (some
-// delivered, some failed) is answered with the failure, as said above,
-// because a retry could not help the failed ones.
-//
-// Since the reply waits for the delivery, delivery_timeout (5 minutes by
-// default) bounds it below the 10 minutes that RFC 5321 (4.5.3.2.6) lets a
-// client wait for it; recipients still pending then are deferred.
+// A recipient whose domain does not exist (550 5.1.2) or takes no mail
+// (null MX, 556 5.1.10) is refused at RCPT, when the app knows it (from
+// the resolver, most often its cache), rather than taken and bounced. A
+// queue that is full (quota, disk) answers 452 4.3.1, one that cannot be
+// reached 451 4.3.0: the client keeps the message and retries.
 //
 // # No open relay
 //
@@ -63,5 +35,24 @@
 // `remote_ip` matcher in front of the handler cannot stand for
 // relay_networks: the handler has its own list, checked against the
 // client's address (the one the proxy_protocol handler sets, when it runs
-// first).
+// first). A range wider than /8 (IPv4) or /32 (IPv6, unique local
+// addresses aside) is refused too.
+//
+// # Hostile clients
+//
+// The handler assumes that anyone may connect:
+//
+//   - A client has max_connections_per_ip connections at most (relay
+//     networks aside), and the handler max_connections: past them, 421
+//     4.7.0 at once, before go-smtp reads anything.
+//   - Once a read fails (a timeout, a connection cut, data not read to its
+//     end), the client's stream can no longer be told apart into
+//     commands: the session answers 421 to whatever it has, closes the
+//     connection, and executes nothing more, not even a command line cut
+//     short by the read timeout, which go-smtp hands over as if it were
+//     whole. A message whose data was cut is never delivered.
+//   - AUTH is bounded in CPU: see throttle.go.
+//   - A message line longer than max_line_length gets 554 5.6.0; NUL, CR,
+//     LF (any control character) in the arguments of EHLO, MAIL or RCPT
+//     get 501 and go nowhere (not into the Received header).
 package l4submission

@@ -24,9 +24,16 @@ func init() {
 	caddy.RegisterModule(&Handler{})
 }
 
+// smtpApp is what the handler needs of the smtp app: its queue and its
+// name.
+type smtpApp interface {
+	delivery.Queuer
+	DefaultHostname() string
+}
+
 // Handler is a layer4 connection handler that receives mail over SMTP and
-// relays each message through the `smtp` app's Deliver, answering the
-// client with the delivery's outcome (see the package documentation).
+// puts each message in the `smtp` app's queue, answering the client once
+// the queue has it on stable storage (see the package documentation).
 //
 // Clients may relay only when they authenticated against Users or connect
 // from RelayNetworks; one of the two must be configured.
@@ -59,7 +66,10 @@ type Handler struct {
 
 	// RelayNetworks are the client addresses that may relay without
 	// authenticating: CIDR ranges ("10.0.0.0/8") or single addresses. It is
-	// checked at MAIL against the client's address. Default: none.
+	// checked at MAIL against the client's address. A range shorter than
+	// /8 (IPv4) or /32 (IPv6, unless within the unique local fc00::/7),
+	// such as 0.0.0.0/0 or ::/0, is refused: it would make an open relay.
+	// Default: none.
 	RelayNetworks []string `json:"relay_networks,omitempty"`
 
 	// MaxMessageSize is the largest message accepted, in bytes: it is
@@ -74,6 +84,27 @@ type Handler struct {
 	// asks servers to accept.
 	MaxRecipients int `json:"max_recipients,omitempty"`
 
+	// MaxLineLength is the longest line a message may have, in octets
+	// without the CR LF that ends it; a message with a longer line is
+	// refused for good, with 554 5.6.0, over DATA and BDAT alike. Command
+	// lines may be up to twice as long, and at least 2000 octets long.
+	// Default: 998, the limit of RFC 5322 (2.1.1); some senders exceed it.
+	MaxLineLength int `json:"max_line_length,omitempty"`
+
+	// MaxConnections is the most connections the handler serves at once;
+	// past it, a new client gets 421 4.7.0 and is disconnected at once.
+	// Default: 1000.
+	MaxConnections int `json:"max_connections,omitempty"`
+
+	// MaxConnectionsPerIP is the most connections one client may have open
+	// at once, counted by its IPv4 address or by the /64 its IPv6 address
+	// is in; past it, the client gets 421 4.7.0 and is disconnected at
+	// once. Clients in relay_networks are exempt, as Postfix exempts
+	// mynetworks, and so are clients without an IP address (on a unix
+	// socket). Default: 50, Postfix's
+	// smtpd_client_connection_count_limit.
+	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+
 	// ReadTimeout bounds the wait for each command, and for the whole of a
 	// message sent with DATA or of one BDAT chunk. Default: 5m, RFC 5321's
 	// server timeout (4.5.3.2.7).
@@ -82,18 +113,14 @@ type Handler struct {
 	// WriteTimeout bounds the sending of each reply. Default: 1m.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
-	// DeliveryTimeout bounds the delivery of one message, between the end
-	// of its data and the reply; recipients not delivered by then are
-	// deferred, and the client gets 451. Default: 5m, half of the 10
-	// minutes that RFC 5321 (4.5.3.2.6) lets a client wait for that reply.
-	DeliveryTimeout caddy.Duration `json:"delivery_timeout,omitempty"`
-
 	ctx       caddy.Context
 	logger    *zap.Logger
-	app       delivery.Sender
+	app       smtpApp
 	tlsConfig *tls.Config
 	auth      *authenticator
 	relay     []netip.Prefix
+	guard     *guard
+	guardKey  string
 }
 
 // TLS is the STARTTLS setup.
@@ -113,11 +140,17 @@ type TLS struct {
 
 // The defaults Provision sets; the field comments explain each choice.
 const (
-	defaultMaxMessageSize  = 25 << 20
-	defaultMaxRecipients   = 100
-	defaultReadTimeout     = 5 * time.Minute
-	defaultWriteTimeout    = time.Minute
-	defaultDeliveryTimeout = 5 * time.Minute
+	defaultMaxMessageSize = 25 << 20
+	defaultMaxRecipients  = 100
+	defaultReadTimeout    = 5 * time.Minute
+	defaultWriteTimeout   = time.Minute
+	defaultMaxLineLength  = 998
+	defaultMaxConnections = 1000
+	defaultMaxConnsPerIP  = 50
+	// minCommandLine is go-smtp's default limit on a line, CR LF
+	// included, kept as the least for command lines (RFC 5321 4.5.3.1.4
+	// asks for 512, more with extensions).
+	minCommandLine = 2000
 )
 
 // CaddyModule returns the Caddy module information.
@@ -129,10 +162,16 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision sets the defaults, takes the smtp app, and sets up TLS, the
-// users and the relay networks.
+// users, the relay networks and the limits.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ctx = ctx
 	h.logger = ctx.Logger(h)
+	// The config as it was loaded names the guard, before Provision
+	// changes it.
+	key, err := guardKey(h)
+	if err != nil {
+		return err
+	}
 
 	if err := h.checkRelayPolicy(); err != nil {
 		return err
@@ -141,9 +180,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("getting the smtp app: %w", err)
 	}
-	sender, ok := appIface.(delivery.Sender)
+	sender, ok := appIface.(smtpApp)
 	if !ok {
-		return fmt.Errorf("the smtp app (%T) cannot deliver messages", appIface)
+		return fmt.Errorf("the smtp app (%T) has no queue", appIface)
 	}
 	h.app = sender
 
@@ -163,7 +202,25 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
-	return registerMetrics(ctx.GetMetricsRegistry())
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	if h.guard, err = loadGuard(key, h.MaxConnections, h.MaxConnectionsPerIP); err != nil {
+		return err
+	}
+	h.guardKey = key
+	if h.auth != nil {
+		h.auth.throttle = h.guard.auth
+	}
+	return nil
+}
+
+// Cleanup gives back the handler's guard.
+func (h *Handler) Cleanup() error {
+	if h.guardKey != "" {
+		_, _ = guards.Delete(h.guardKey)
+	}
+	return nil
 }
 
 // checkRelayPolicy refuses a config that would make an open relay, and
@@ -204,6 +261,22 @@ func (h *Handler) setDefaults() error {
 	if h.MaxRecipients == 0 {
 		h.MaxRecipients = defaultMaxRecipients
 	}
+	for _, n := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"max_line_length", &h.MaxLineLength, defaultMaxLineLength},
+		{"max_connections", &h.MaxConnections, defaultMaxConnections},
+		{"max_connections_per_ip", &h.MaxConnectionsPerIP, defaultMaxConnsPerIP},
+	} {
+		if *n.v < 0 {
+			return fmt.Errorf("%s: %d is negative", n.name, *n.v)
+		}
+		if *n.v == 0 {
+			*n.v = n.def
+		}
+	}
 	for _, d := range []struct {
 		name string
 		v    *caddy.Duration
@@ -211,7 +284,6 @@ func (h *Handler) setDefaults() error {
 	}{
 		{"read_timeout", &h.ReadTimeout, defaultReadTimeout},
 		{"write_timeout", &h.WriteTimeout, defaultWriteTimeout},
-		{"delivery_timeout", &h.DeliveryTimeout, defaultDeliveryTimeout},
 	} {
 		if *d.v < 0 {
 			return fmt.Errorf("%s: %v is negative", d.name, time.Duration(*d.v))
@@ -249,8 +321,19 @@ func (h *Handler) provisionTLS(ctx caddy.Context) error {
 // Handle serves one SMTP connection until the client quits or the
 // connection ends. It is a terminal handler: next is not called.
 func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
+	client := remoteAddr(cx.RemoteAddr())
+	// A client without an IP address (on a unix socket) is not counted
+	// per address: all would count as one.
+	exempt := !client.IsValid() || inNetworks(h.relay, client)
+	release, refused := h.guard.admit(client, exempt)
+	if refused != "" {
+		h.refuse(cx, client, refused)
+		return nil
+	}
+	defer release()
+
 	conn := newSessionConn(cx)
-	cs := newConnState(h, cx.RemoteAddr())
+	cs := newConnState(h, conn)
 	srv := h.newServer(cs)
 
 	// When Caddy stops, end the session at its next command (421). When
@@ -275,15 +358,40 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	return nil
 }
 
+// refuse answers a client that would pass a connection limit with 421
+// and disconnects it, before go-smtp reads anything.
+func (h *Handler) refuse(cx net.Conn, client netip.Addr, limit string) {
+	metricConnRefused(limit)
+	msg := "too many connections; try again later"
+	if limit == refusedPerClient {
+		msg = fmt.Sprintf("too many connections from %s; try again later", client)
+	}
+	_ = cx.SetWriteDeadline(time.Now().Add(time.Duration(h.WriteTimeout)))
+	_, _ = fmt.Fprintf(cx, "421 4.7.0 %s %s\r\n", h.Hostname, msg)
+	_ = cx.Close()
+	h.logger.Info("smtp connection refused",
+		zap.String("remote", client.String()), zap.String("limit", limit))
+}
+
 // newServer makes the go-smtp server for one connection.
 func (h *Handler) newServer(cs *connState) *smtp.Server {
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return newSession(h, cs, c), nil
+		s, err := newSession(h, cs, c)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	}))
 	srv.Domain = h.Hostname
 	srv.TLSConfig = h.tlsConfig
 	srv.MaxMessageBytes = h.MaxMessageSize
 	srv.MaxRecipients = h.MaxRecipients
+	// go-smtp's limit applies to command lines and to the lines of DATA,
+	// CR LF included; past it, go-smtp's reader drops what it read, so
+	// that the session cannot tell which line it was. It is kept well
+	// above max_line_length, which the session checks, so that a line a
+	// little too long is refused with its number.
+	srv.MaxLineLength = max(minCommandLine, 2*(h.MaxLineLength+2))
 	srv.AllowInsecureAuth = h.AllowInsecureAuth
 	srv.ReadTimeout = time.Duration(h.ReadTimeout)
 	srv.WriteTimeout = time.Duration(h.WriteTimeout)
@@ -304,13 +412,14 @@ func (h *Handler) logSession(cs *connState) {
 		zap.String("tls", s.tls),
 		zap.String("user", s.user),
 		zap.Bool("relay_network", cs.inRelayNetworks),
-		zap.Int("delivered", s.delivered),
+		zap.Int("queued", s.queued),
 		zap.Int("deferred", s.deferred),
 		zap.Int("refused", s.refused),
 		zap.Int("relay_denied", s.relayDenied),
 		zap.Int("auth_failures", s.authFailures),
 		zap.Int64("bytes", s.bytes),
 		zap.Duration("duration", time.Since(cs.start)),
+		zap.NamedError("read_error", cs.conn.readError()),
 	)
 }
 
@@ -333,6 +442,7 @@ func (e errorLog) log(msg string) {
 // Interface guards
 var (
 	_ caddy.Provisioner  = (*Handler)(nil)
+	_ caddy.CleanerUpper = (*Handler)(nil)
 	_ layer4.NextHandler = (*Handler)(nil)
 	_ smtp.Logger        = errorLog{}
 )

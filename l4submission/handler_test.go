@@ -62,6 +62,26 @@ func TestProvisionErrors(t *testing.T) {
 			want:    []string{"hash: loading the password hash module", "md5"},
 		},
 		{
+			name:    "every address may relay",
+			handler: `{"handler": "smtp_submission", "relay_networks": ["127.0.0.1", "0.0.0.0/0"]}`,
+			want:    []string{`relay_networks: "0.0.0.0/0": a range shorter than /8 would make an open relay`},
+		},
+		{
+			name:    "every IPv6 address may relay",
+			handler: `{"handler": "smtp_submission", "relay_networks": ["::/0"]}`,
+			want:    []string{`relay_networks: "::/0": a range shorter than /32 would make an open relay`},
+		},
+		{
+			name:    "negative line length",
+			handler: `{"handler": "smtp_submission", "relay_networks": ["127.0.0.1"], "max_line_length": -1}`,
+			want:    []string{"max_line_length: -1 is negative"},
+		},
+		{
+			name:    "negative connection limit",
+			handler: `{"handler": "smtp_submission", "relay_networks": ["127.0.0.1"], "max_connections_per_ip": -5}`,
+			want:    []string{"max_connections_per_ip: -5 is negative"},
+		},
+		{
 			name:    "negative size",
 			handler: `{"handler": "smtp_submission", "relay_networks": ["127.0.0.1"], "max_message_size": -1}`,
 			want:    []string{"max_message_size: -1 is negative"},

@@ -15,6 +15,9 @@ var (
 	sessions    prometheus.Counter
 	messages    *prometheus.CounterVec
 	auths       *prometheus.CounterVec
+	// connsRefused counts connections refused by max_connections or
+	// max_connections_per_ip.
+	connsRefused *prometheus.CounterVec
 )
 
 func initMetrics() {
@@ -30,8 +33,12 @@ func initMetrics() {
 		}, []string{"result"})
 		auths = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "auth_total",
-			Help: "AUTH attempts that got to a password check, by result (success, failure).",
+			Help: "AUTH attempts, by result: success, failure (wrong password or unknown user), throttled (refused without a password comparison).",
 		}, []string{"result"})
+		connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "connections_refused_total",
+			Help: "Connections refused with 421 at once, by the limit they would have passed (max_connections, max_connections_per_ip).",
+		}, []string{"limit"})
 	})
 }
 
@@ -39,7 +46,7 @@ func initMetrics() {
 // ctx.GetMetricsRegistry()); registering them again is not an error.
 func registerMetrics(reg prometheus.Registerer) error {
 	initMetrics()
-	return collectors.Register(reg, sessions, messages, auths)
+	return collectors.Register(reg, sessions, messages, auths, connsRefused)
 }
 
 func metricSession() {
@@ -52,11 +59,23 @@ func metricMessage(result string) {
 	messages.WithLabelValues(result).Inc()
 }
 
-func metricAuth(ok bool) {
+// The results of an AUTH, for metrics and logs: success; failure (a
+// wrong password or an unknown user); throttled (refused without a
+// comparison: the client is locked out, or too many comparisons were
+// running).
+const (
+	authSuccess   = "success"
+	authFailure   = "failure"
+	authThrottled = "throttled"
+)
+
+func metricAuth(result string) {
 	initMetrics()
-	result := "failure"
-	if ok {
-		result = "success"
-	}
 	auths.WithLabelValues(result).Inc()
+}
+
+// metricConnRefused counts a connection refused by a connection limit.
+func metricConnRefused(limit string) {
+	initMetrics()
+	connsRefused.WithLabelValues(limit).Inc()
 }

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -33,4 +35,22 @@ func TestRelayNetworks(t *testing.T) {
 		assert.Equal(t, tt.in, inNetworks(nets, netip.MustParseAddr(tt.addr)), tt.addr)
 	}
 	assert.False(t, inNetworks(nets, netip.Addr{}), "an unknown address is in no network")
+}
+
+func TestRelayNetworksTooWide(t *testing.T) {
+	_, err := parseNetworks(append([]string{"127.0.0.0/8", "::1"}, caddyhttp.PrivateRangesCIDR()...))
+	require.NoError(t, err, "private_ranges has fd00::/8, within fc00::/7")
+	_, err = parseNetworks([]string{"fc00::/7", "2001:db8::/32", "10.0.0.0/8"})
+	require.NoError(t, err)
+
+	for _, tt := range []struct{ network, want string }{
+		{"0.0.0.0/0", `"0.0.0.0/0": a range shorter than /8 would make an open relay`},
+		{"10.0.0.0/7", `"10.0.0.0/7": a range shorter than /8 would make an open relay`},
+		{"::/0", `"::/0": a range shorter than /32 would make an open relay`},
+		{"2001:db8::/31", `"2001:db8::/31": a range shorter than /32 would make an open relay`},
+		{"fc00::/6", `"fc00::/6": a range shorter than /32 would make an open relay`},
+	} {
+		_, err := parseNetworks([]string{"127.0.0.1", tt.network})
+		assert.ErrorContains(t, err, tt.want, tt.network)
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/seed7b014b84/caddy-smtp/internal/peertest"
+	"github.com/seed7b014b84/caddy-smtp/queue"
 )
 
 // lab is a running Caddy with the layer4, smtp and tls apps, three
@@ -37,6 +38,14 @@ type lab struct {
 	auth int
 	// closed relays for 192.0.2.0/24 only: no client here may relay.
 	closed int
+	// short relays for 127.0.0.1 only, with a read timeout of a second
+	// and lines of up to 2500 octets.
+	short int
+	// limits relays for authenticated users only, without TLS, with a
+	// read timeout of a second.
+	limits int
+	// capped relays for 127.0.0.0/8 and serves at most 3 connections.
+	capped int
 	// good accepts everything; hard refuses recipients with 5xx, soft with
 	// 4xx; mixed accepts, for the tests that count copies.
 	good, hard, soft, mixed *peertest.Sink
@@ -62,6 +71,7 @@ func startLab(t *testing.T) *lab {
 	}
 	leaf := l.ca.Issue(t, "localhost", "127.0.0.1")
 	l.trusted, l.auth, l.closed = peertest.FreePort(t), peertest.FreePort(t), peertest.FreePort(t)
+	l.short, l.limits, l.capped = peertest.FreePort(t), peertest.FreePort(t), peertest.FreePort(t)
 	dir := t.TempDir()
 	l.log = filepath.Join(dir, "caddy.log")
 	// A cost of 4 keeps the tests fast; `caddy hash-password` uses 14.
@@ -95,6 +105,7 @@ func startLab(t *testing.T) *lab {
 			}},
 			"smtp": map[string]any{
 				"hostname": "relay.test",
+				"queue":    map[string]any{"path": filepath.Join(dir, "queue"), "retry": []string{"1s"}},
 				"next_hop": []any{
 					map[string]any{"if": "rcpt_domain == 'hard.test'", "then": "hard"},
 					map[string]any{"if": "rcpt_domain == 'soft.test'", "then": "soft"},
@@ -118,6 +129,21 @@ func startLab(t *testing.T) *lab {
 				})),
 				"closed": server(l.closed, map[string]any{
 					"handler": "smtp_submission", "relay_networks": []string{"192.0.2.0/24"},
+				}),
+				"short": server(l.short, map[string]any{
+					"handler": "smtp_submission", "relay_networks": []string{"127.0.0.1/32"},
+					"read_timeout": "1s", "max_line_length": 2500,
+				}),
+				"limits": server(l.limits, map[string]any{
+					"handler":             "smtp_submission",
+					"users":               []any{map[string]any{"username": labUser, "password": string(hash)}},
+					"allow_insecure_auth": true,
+					"relay_networks":      []string{"192.0.2.0/24"},
+					"read_timeout":        "1s",
+				}),
+				"capped": server(l.capped, map[string]any{
+					"handler": "smtp_submission", "relay_networks": []string{"127.0.0.0/8"},
+					"max_connections": 3,
 				}),
 			}},
 		},
@@ -209,6 +235,54 @@ func messagesTo(t *testing.T, s *peertest.Sink, rcpt string) []peertest.SinkMess
 	return out
 }
 
+// queuedID returns the queue ID of the reply to the data.
+func queuedID(t *testing.T, r swaksResult) string {
+	t.Helper()
+	id, ok := strings.CutPrefix(r.dataReply(), "250 2.0.0 queued as ")
+	require.True(t, ok, "want 250 queued as ID, got %q\n%s", r.dataReply(), r.out)
+	require.True(t, queue.ValidID(id), id)
+	return id
+}
+
+// queued returns the queued message id, or nil when it is not queued.
+func (l *lab) queued(t *testing.T, id string) *queue.Message {
+	t.Helper()
+	app, err := caddy.ActiveContext().App("smtp")
+	require.NoError(t, err)
+	m, err := app.(interface{ QueueRunning() *queue.Queue }).QueueRunning().Store().Get(t.Context(), id)
+	if errors.Is(err, queue.ErrNotFound) {
+		return nil
+	}
+	require.NoError(t, err)
+	return m
+}
+
+// waitGone waits for message id to leave the queue.
+func (l *lab) waitGone(t *testing.T, id string) {
+	t.Helper()
+	require.Eventually(t, func() bool { return l.queued(t, id) == nil }, 10*time.Second, 20*time.Millisecond, "message %s still queued", id)
+}
+
+// waitLog waits for the queue's log line msg ("delivered", "deferred",
+// "failed") about message id, and returns it.
+func (l *lab) waitLog(t *testing.T, msg, id string) map[string]any {
+	t.Helper()
+	var found map[string]any
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(l.log)
+		require.NoError(t, err)
+		for _, line := range strings.Split(string(b), "\n") {
+			var e map[string]any
+			if json.Unmarshal([]byte(line), &e) == nil && e["msg"] == msg && e["id"] == id {
+				found = e
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 20*time.Millisecond, "no %q log line for %s", msg, id)
+	return found
+}
+
 // dataFile writes a whole message for swaks --data, to send the same
 // bytes more than once (swaks's own message has a new Date each time).
 func dataFile(t *testing.T, size int) string {
@@ -234,7 +308,7 @@ func TestSubmission(t *testing.T) {
 		r := l.swaks(t, l.trusted, "--to", "plain@good.test", "--header", "Subject: plain")
 		require.Equal(t, 0, r.exit, r.out)
 		assert.True(t, r.has("220 relay.test ESMTP"), "greets with the smtp app's hostname:\n%s", r.out)
-		assert.Equal(t, "250 2.0.0 delivered to 1 recipient", r.dataReply())
+		assert.Regexp(t, `^250 2\.0\.0 queued as [0-9a-z]{20}$`, r.dataReply())
 		msgs := l.good.WaitMessages(t, 1, 5*time.Second)
 		got := messagesTo(t, l.good, "plain@good.test")
 		require.Len(t, got, 1, "%d messages in the sink", len(msgs))
@@ -242,14 +316,14 @@ func TestSubmission(t *testing.T) {
 		assert.Equal(t, "sender@example.org", m.From)
 		assert.Equal(t, "relay.test", m.Helo, "the smtp app greets the sink")
 		assert.Contains(t, string(m.Header), "Subject: plain")
-		assert.Regexp(t, `^Received: from client\.test \(\[127\.0\.0\.1\]\)\n\tby relay\.test \(caddy-smtp\) with ESMTP id [0-9A-F]{12}\n\tfor <plain@good\.test>;`, string(m.Header))
+		assert.Regexp(t, `^Received: from client\.test \(\[127\.0\.0\.1\]\)\n\tby relay\.test \(caddy-smtp\) with ESMTP id [0-9a-z]{20}\n\tfor <plain@good\.test>;`, string(m.Header))
 	})
 
 	t.Run("STARTTLS with the tls app's certificate", func(t *testing.T) {
 		r := l.swaks(t, l.trusted, "--to", "tls@good.test", "--tls", "--tls-verify", "--tls-ca-path", l.ca.CertFile)
 		require.Equal(t, 0, r.exit, r.out)
 		assert.Contains(t, r.out, "TLS started")
-		assert.Equal(t, "250 2.0.0 delivered to 1 recipient", r.dataReply())
+		assert.True(t, strings.HasPrefix(r.dataReply(), "250 2.0.0 queued as "), r.dataReply())
 		l.good.WaitMessages(t, 2, 5*time.Second)
 		got := messagesTo(t, l.good, "tls@good.test")
 		require.Len(t, got, 1)
@@ -273,7 +347,7 @@ func TestSubmission(t *testing.T) {
 			r := l.swaks(t, l.auth, "--to", rcpt, "--tls", "--auth", mech, "--auth-user", labUser, "--auth-password", labPassword)
 			require.Equal(t, 0, r.exit, r.out)
 			assert.True(t, r.has("235 2.0.0"), r.out)
-			assert.Equal(t, "250 2.0.0 delivered to 1 recipient", r.dataReply())
+			assert.True(t, strings.HasPrefix(r.dataReply(), "250 2.0.0 queued as "), r.dataReply())
 			require.Eventually(t, func() bool { return len(messagesTo(t, l.good, rcpt)) == 1 }, 5*time.Second, 20*time.Millisecond)
 			assert.Contains(t, string(messagesTo(t, l.good, rcpt)[0].Header), "with ESMTPSA id")
 		})
@@ -315,50 +389,63 @@ func TestSubmission(t *testing.T) {
 		assert.Empty(t, messagesTo(t, l.good, "big@good.test"))
 	})
 
-	t.Run("recipient refused for good", func(t *testing.T) {
+	t.Run("recipient refused for good: queued, then failed", func(t *testing.T) {
 		r := l.swaks(t, l.trusted, "--to", "x@hard.test")
-		assert.NotEqual(t, 0, r.exit)
-		reply := r.dataReply()
-		assert.Equal(t, "554 5.3.0 <x@hard.test> failed: host 127.0.0.1 said: 500 5.3.0 Error: command failed", reply,
-			"the sink's 500 is no reply to DATA: 554, with the sink's enhanced code and reply:\n%s", r.out)
+		require.Equal(t, 0, r.exit, r.out)
+		id := queuedID(t, r)
+		e := l.waitLog(t, "failed", id)
+		assert.Equal(t, "x@hard.test", e["rcpt"])
+		assert.Equal(t, "500 5.3.0 Error: command failed", e["reply"], "the sink's own reply")
+		l.waitGone(t, id)
 	})
 
-	t.Run("recipient deferred", func(t *testing.T) {
+	t.Run("recipient deferred: queued, and retried", func(t *testing.T) {
 		r := l.swaks(t, l.trusted, "--to", "x@soft.test")
-		assert.NotEqual(t, 0, r.exit)
-		assert.True(t, r.has("451-4."), r.out)
-		rs := r.replies()
-		require.GreaterOrEqual(t, len(rs), 3, r.out)
-		assert.Equal(t, "451-4.3.0 <x@soft.test> deferred: host 127.0.0.1 said: 450 4.3.0 Error: command failed", rs[len(rs)-3],
-			"the sink's reply, with its enhanced code on every line")
-		assert.Equal(t, "451 4.3.0 not delivered to every recipient; try again later", r.dataReply())
+		require.Equal(t, 0, r.exit, r.out)
+		id := queuedID(t, r)
+		e := l.waitLog(t, "deferred", id)
+		assert.Equal(t, "450 4.3.0 Error: command failed", e["reply"])
+		m := l.queued(t, id)
+		require.NotNil(t, m, "the message stays in the queue")
+		assert.Equal(t, queue.Deferred, m.Recipients[0].State)
+		assert.Equal(t, 450, m.Recipients[0].LastReply.Code)
+		require.Eventually(t, func() bool {
+			m := l.queued(t, id)
+			return m != nil && m.Recipients[0].Attempts >= 2
+		}, 10*time.Second, 50*time.Millisecond, "retried on the schedule (1s)")
 	})
 
-	t.Run("delivered and deferred: 451, and one copy", func(t *testing.T) {
-		msg := dataFile(t, 1000)
-		for try := range 2 {
-			r := l.swaks(t, l.trusted, "--to", "one@mixed.test,two@soft.test", "--data", "@"+msg)
-			assert.NotEqual(t, 0, r.exit, "try %d", try)
-			assert.Contains(t, r.dataReply(), "not delivered to every recipient; try again later (delivered to 1 of 2 recipients, who will not get the same message again)", r.out)
-			assert.Len(t, messagesTo(t, l.mixed, "one@mixed.test"), 1, "try %d: the retry is not delivered again", try)
-		}
+	t.Run("delivered and deferred: one copy", func(t *testing.T) {
+		r := l.swaks(t, l.trusted, "--to", "one@mixed.test,two@soft.test")
+		require.Equal(t, 0, r.exit, r.out)
+		id := queuedID(t, r)
+		require.Eventually(t, func() bool { return len(messagesTo(t, l.mixed, "one@mixed.test")) == 1 }, 5*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool {
+			m := l.queued(t, id)
+			return m != nil && m.Recipients[1].Attempts >= 2
+		}, 10*time.Second, 50*time.Millisecond, "the deferred one is retried")
+		m := l.queued(t, id)
+		assert.Equal(t, queue.Delivered, m.Recipients[0].State)
+		assert.Equal(t, 1, m.Recipients[0].Attempts, "the delivered one is not tried again")
+		assert.Len(t, messagesTo(t, l.mixed, "one@mixed.test"), 1)
 	})
 
-	t.Run("delivered and failed: the failure", func(t *testing.T) {
+	t.Run("delivered and failed", func(t *testing.T) {
 		r := l.swaks(t, l.trusted, "--to", "three@mixed.test,four@hard.test")
-		assert.NotEqual(t, 0, r.exit)
-		assert.True(t, r.has("554-5.3.0 <four@hard.test> failed: host 127.0.0.1 said: 500 5.3.0 Error: command failed"), r.out)
-		assert.Equal(t, "554 5.3.0 delivered to the other 1 of 2 recipients", r.dataReply(), r.out)
+		require.Equal(t, 0, r.exit, r.out)
+		id := queuedID(t, r)
+		l.waitLog(t, "failed", id)
+		l.waitGone(t, id)
 		assert.Len(t, messagesTo(t, l.mixed, "three@mixed.test"), 1)
 	})
 
-	t.Run("a message larger than the memory spool", func(t *testing.T) {
-		data := dataFile(t, 3*spoolMemory)
+	t.Run("a message larger than a queue row", func(t *testing.T) {
+		data := dataFile(t, 300<<10)
 		r := l.swaks(t, l.auth, "--to", "large@good.test", "--tls", "--auth", "PLAIN",
 			"--auth-user", labUser, "--auth-password", labPassword, "--data", "@"+data)
 		require.Equal(t, 0, r.exit, r.out[:min(len(r.out), 3000)])
+		require.Eventually(t, func() bool { return len(messagesTo(t, l.good, "large@good.test")) == 1 }, 10*time.Second, 20*time.Millisecond)
 		got := messagesTo(t, l.good, "large@good.test")
-		require.Len(t, got, 1)
 		want, err := os.ReadFile(data)
 		require.NoError(t, err)
 		// smtp-sink stores LF line endings; the Received header comes first.
@@ -392,7 +479,7 @@ func TestSubmission(t *testing.T) {
 		assert.Equal(t, "client.test", authed["helo"])
 		assert.Equal(t, "TLS 1.3", authed["tls"])
 		assert.Equal(t, "127.0.0.1", authed["remote"])
-		assert.EqualValues(t, 1, authed["delivered"])
+		assert.EqualValues(t, 1, authed["queued"])
 	})
 
 	t.Run("metrics", func(t *testing.T) {
@@ -409,9 +496,8 @@ func TestSubmission(t *testing.T) {
 				counts[name] = m.GetCounter().GetValue()
 			}
 		}
-		assert.GreaterOrEqual(t, counts["caddy_smtp_submission_messages_total/delivered"], 5.0)
-		assert.GreaterOrEqual(t, counts["caddy_smtp_submission_messages_total/deferred"], 3.0)
-		assert.GreaterOrEqual(t, counts["caddy_smtp_submission_messages_total/refused"], 3.0)
+		assert.GreaterOrEqual(t, counts["caddy_smtp_submission_messages_total/queued"], 8.0)
+		assert.GreaterOrEqual(t, counts["caddy_smtp_submission_messages_total/refused"], 1.0)
 		assert.GreaterOrEqual(t, counts["caddy_smtp_submission_auth_total/failure"], 1.0)
 		assert.GreaterOrEqual(t, counts["caddy_smtp_submission_sessions_total"], 10.0)
 	})

@@ -105,6 +105,9 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*answe
 		metricCacheHit()
 		return a, nil
 	}
+	if ctx.Value(cachedOnlyKey{}) != nil {
+		return nil, &Error{Name: trimDot(name), Type: qtype, Kind: Temporary, Reason: ErrNotCached, Rcode: -1}
+	}
 	ch := r.group.DoChan(key.name+"/"+dns.TypeToString[qtype], func() (any, error) {
 		// The shared exchange outlives one caller's cancellation; each
 		// server's time is bounded by the timeout.
@@ -185,4 +188,16 @@ func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16) (*ans
 		name = a.next
 	}
 	return nil, &Error{Name: trimDot(name), Type: qtype, Kind: Temporary, Reason: ErrCNAMELoop, Rcode: -1}
+}
+
+// cachedOnlyKey marks a context whose lookups are answered from the cache
+// only.
+type cachedOnlyKey struct{}
+
+// CachedOnly returns a context under which lookups are answered from the
+// cache alone: a question whose answer is not cached fails at once with
+// ErrNotCached, without a query. For what is worth knowing only when it
+// costs nothing (the queue's name of a destination).
+func CachedOnly(ctx context.Context) context.Context {
+	return context.WithValue(ctx, cachedOnlyKey{}, true)
 }

@@ -49,6 +49,9 @@ var (
 	ErrTimeout = errors.New("timed out")
 	// ErrCNAMELoop: a CNAME chain was too long or looped. Temporary.
 	ErrCNAMELoop = errors.New("CNAME chain too long")
+	// ErrNotCached: a lookup under CachedOnly found no cached answer.
+	// Temporary.
+	ErrNotCached = errors.New("not in the cache")
 )
 
 // Error is a failed lookup: which name and type, what it means (Kind),

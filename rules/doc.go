@@ -18,5 +18,9 @@
 // [Vars] documents, plus `lists`, the app's named lists, so that
 // `rcpt_domain in lists.domains` works. They are compiled and type-checked
 // once, when the configuration loads; a setting that is a plain value costs
-// nothing to evaluate.
+// nothing to evaluate. A condition is also held to a cost (see [MaxCost]):
+// one that may cost more in the worst case is refused when the
+// configuration loads, and one whose cost grows with its input is stopped
+// as it runs when it goes past it. A condition naming a list that does not
+// exist is refused when the configuration loads.
 package rules

@@ -1,13 +1,17 @@
 package rules
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"sort"
+	"strconv"
 	"strings"
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
+	"cel.dev/cel-go/interpreter"
 )
 
 // Env is the CEL environment of one configuration: the declared variables
@@ -17,6 +21,8 @@ type Env struct {
 	lists map[string][]string
 	// globals is the lists as one CEL value, given to every program.
 	globals map[string]any
+	// sizes are the variables' sizes for the cost estimate.
+	sizes sizes
 }
 
 // NewEnv returns the environment for a configuration whose named lists are
@@ -36,6 +42,7 @@ func NewEnv(lists map[string][]string) (*Env, error) {
 		cel.Variable(varSize, cel.IntType),
 		cel.Variable(varPriority, cel.IntType),
 		cel.Variable(varQueueAge, cel.IntType),
+		cel.Variable(varSource, cel.StringType),
 		cel.Variable(varLists, cel.MapType(cel.StringType, cel.ListType(cel.StringType))),
 	)
 	if err != nil {
@@ -43,21 +50,19 @@ func NewEnv(lists map[string][]string) (*Env, error) {
 	}
 	// The lists become CEL values once, here: a map of lists of
 	// types.String, so that a membership test compares strings without
-	// reflecting over Go values or boxing each entry.
+	// reflecting over Go values or boxing each entry, and looks the value
+	// up in a set (namedList).
 	copied := make(map[string][]string, len(lists))
 	celLists := make(map[ref.Val]ref.Val, len(lists))
 	for name, entries := range lists {
 		copied[name] = append([]string(nil), entries...)
-		vals := make([]ref.Val, len(entries))
-		for i, e := range entries {
-			vals[i] = types.String(e)
-		}
-		celLists[types.String(name)] = types.NewRefValList(types.DefaultTypeAdapter, vals)
+		celLists[types.String(name)] = newNamedList(entries)
 	}
 	return &Env{
 		cel:     env,
 		lists:   copied,
 		globals: map[string]any{varLists: types.NewRefValMap(types.DefaultTypeAdapter, celLists)},
+		sizes:   listSizes(lists),
 	}, nil
 }
 
@@ -79,12 +84,21 @@ func (e *Env) ListNames() []string {
 
 // Condition is a compiled, type-checked rule condition.
 type Condition struct {
-	expr string
-	prg  cel.Program
+	expr  string
+	prg   cel.Program
+	lists []string
 }
 
-// Compile parses and type-checks expr, which must yield a bool. The error
-// quotes the expression and CEL's own message.
+// Compile parses and type-checks expr, which must yield a bool, and
+// estimates its cost: an expression that could cost more than MaxCost is
+// refused. An expression whose cost grows with the size of a string
+// variable is compiled with a run-time limit of MaxCost. The error quotes
+// the expression and CEL's own message.
+//
+// Compile does not check that the lists the expression names exist, so
+// that a Caddyfile's conditions can be checked before its lists are known
+// (in an Env without lists, whose lists the estimate takes as empty);
+// Setting.Compile does.
 func (e *Env) Compile(expr string) (*Condition, error) {
 	if strings.TrimSpace(expr) == "" {
 		return nil, fmt.Errorf("empty condition")
@@ -96,11 +110,58 @@ func (e *Env) Compile(expr string) (*Condition, error) {
 	if !ast.OutputType().IsExactType(types.BoolType) {
 		return nil, fmt.Errorf("%q: yields %s, not bool", expr, ast.OutputType())
 	}
-	prg, err := e.cel.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.Globals(e.globals))
+	est, err := e.cel.EstimateCost(ast, e.sizes)
+	if err != nil {
+		return nil, fmt.Errorf("%q: estimating its cost: %w", expr, err)
+	}
+	if est.Max > MaxCost {
+		return nil, fmt.Errorf("%q: may cost %s in the worst case, over the limit of %d "+
+			"(strings taken as %d characters, lists as configured): "+
+			"loops over lists, and strings built or searched inside loops, are what cost",
+			expr, costString(est.Max), MaxCost, e.sizes.strings)
+	}
+	opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize), cel.Globals(e.globals)}
+	// Counting the cost as it runs costs an allocation and some time per
+	// evaluation, so it is left out when the estimate holds for strings
+	// of any size: then the evaluation cannot cost more than estimated.
+	anySize := e.sizes
+	anySize.strings = 0
+	if est, err := e.cel.EstimateCost(ast, anySize); err != nil || est.Max > MaxCost {
+		opts = append(opts, cel.CostTracking(e.sizes), cel.CostLimit(MaxCost))
+	}
+	prg, err := e.cel.Program(ast, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%q: %w", expr, err)
 	}
-	return &Condition{expr: expr, prg: prg}, nil
+	return &Condition{expr: expr, prg: prg, lists: listsNamed(ast.NativeRep().Expr())}, nil
+}
+
+// costString writes a cost estimate, which for an unbounded loop is the
+// largest uint64.
+func costString(c uint64) string {
+	if c == math.MaxUint64 {
+		return "without bound"
+	}
+	return strconv.FormatUint(c, 10)
+}
+
+// checkLists returns an error if c reads a list by a name that is not one
+// of the configuration's lists.
+func (e *Env) checkLists(c *Condition) error {
+	for _, name := range c.lists {
+		if !e.HasList(name) {
+			return e.noList(name)
+		}
+	}
+	return nil
+}
+
+func (e *Env) noList(name string) error {
+	names := strings.Join(e.ListNames(), ", ")
+	if names == "" {
+		names = "none"
+	}
+	return fmt.Errorf("no list named %q (lists: %s)", name, names)
 }
 
 // String returns the condition's source text.
@@ -111,6 +172,11 @@ func (c *Condition) String() string { return c.expr }
 func (c *Condition) Eval(vars *Vars) (bool, error) {
 	out, _, err := c.prg.Eval(vars)
 	if err != nil {
+		var cancelled interpreter.EvalCancelledError
+		if errors.As(err, &cancelled) && cancelled.Cause == interpreter.CostLimitExceeded {
+			return false, fmt.Errorf("%q: stopped: cost limit exceeded (%d; a string variable was longer than the %d characters the estimate took)",
+				c.expr, MaxCost, MaxStringSize)
+		}
 		return false, fmt.Errorf("%q: %w", c.expr, err)
 	}
 	return isTrue(out), nil

@@ -106,8 +106,10 @@ func (s *Setting[T]) Each(path string, fn func(path string, v *T) error) error {
 	return nil
 }
 
-// Compile checks the rule list's shape and compiles its conditions in env.
-// path is the setting's key path, used in errors and in Eval's errors.
+// Compile checks the rule list's shape and compiles its conditions in env,
+// refusing a condition that may cost more than MaxCost or that reads a list
+// env does not have (lists.nosuch, lists["nosuch"]). path is the setting's
+// key path, used in errors and in Eval's errors.
 func (s *Setting[T]) Compile(path string, env *Env) error {
 	s.path = path
 	s.conds = nil
@@ -145,6 +147,9 @@ func (s *Setting[T]) Compile(path string, env *Env) error {
 			if err != nil {
 				return fmt.Errorf("%s.if: %w", at, err)
 			}
+			if err := env.checkLists(c); err != nil {
+				return fmt.Errorf("%s.if: %q: %w", at, expr, err)
+			}
 			conds = append(conds, c)
 		}
 		if last && r.Else == nil {
@@ -163,11 +168,7 @@ func inListExpr(variable, list string, env *Env) (string, error) {
 	}
 	list = strings.TrimPrefix(list, "list/")
 	if !env.HasList(list) {
-		names := strings.Join(env.ListNames(), ", ")
-		if names == "" {
-			names = "none"
-		}
-		return "", fmt.Errorf("no list named %q (lists: %s)", list, names)
+		return "", env.noList(list)
 	}
 	return fmt.Sprintf("%s in lists[%q]", name, list), nil
 }

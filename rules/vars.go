@@ -57,6 +57,11 @@ type Vars struct {
 	// QueueAge is `queue_age`: how long, in seconds, the message has been
 	// waiting since it was first submitted.
 	QueueAge int64
+
+	// Source is `source`: where the message came from: "smtp" (the
+	// submission handler), "http", "api" (a Caddy module), "sendmail", or
+	// "dsn" (a delivery status notification this app made).
+	Source string
 }
 
 // variable names, in one place for the CEL declarations and ResolveName.
@@ -74,6 +79,7 @@ const (
 	varSize         = "size"
 	varPriority     = "priority"
 	varQueueAge     = "queue_age"
+	varSource       = "source"
 	varLists        = "lists"
 )
 
@@ -107,6 +113,8 @@ func (v *Vars) ResolveName(name string) (any, bool) {
 		return v.Priority, true
 	case varQueueAge:
 		return v.QueueAge, true
+	case varSource:
+		return v.Source, true
 	}
 	return nil, false
 }

@@ -23,6 +23,12 @@ type Conn struct {
 	EHLO string
 }
 
+// NetConn returns the connection Conn wraps, as *tls.Conn's method of
+// that name does: for a caller that must reach the socket (the transport
+// peeks at an idle session's socket to see whether the server said
+// anything unasked).
+func (c *Conn) NetConn() net.Conn { return c.Conn }
+
 // DialError is one failed connection attempt: to which address, from
 // which source, and why.
 type DialError struct {
@@ -54,20 +60,38 @@ type Dialer struct {
 	// Control, if set, is called on each socket before it connects (as
 	// net.Dialer.Control).
 	Control func(network, address string, c syscall.RawConn) error
+	// Memory remembers the addresses that timed out, to try them last.
+	// Default: the process's shared memory (SharedMemory), kept across
+	// config reloads: each address for DefaultMemoryTTL (5 minutes), at
+	// most DefaultMemorySize (4096) addresses.
+	Memory *Memory
 }
 
 type dialResult struct {
 	conn *Conn
 	err  error
+	i    int // the candidate's index
 }
 
-// DialHost connects to one of h's candidates, in order. With happy
+func (d *Dialer) memory() *Memory {
+	if d.Memory != nil {
+		return d.Memory
+	}
+	return sharedMemory
+}
+
+// DialHost connects to one of h's candidates, in order, except that the
+// candidates the Dialer's Memory holds as slow go last. With happy
 // eyeballs (h.FallbackDelay not Off) the next candidate is started when the
 // previous one has not connected within the delay, without stopping it;
 // the first connection made wins and the others are closed. A candidate
 // that fails (refused, unreachable) starts the next at once. Each attempt
 // is bounded by h.ConnectTimeout. The error joins every attempt's
 // DialError.
+//
+// The Memory learns from each call: a candidate whose connect timeout
+// expired, or that was still pending after the fallback delay when another
+// connected, is remembered as slow; the one that connected is forgotten.
 func (d *Dialer) DialHost(ctx context.Context, h *Host) (*Conn, error) {
 	if len(h.Candidates) == 0 {
 		if h.Err != nil {
@@ -75,24 +99,30 @@ func (d *Dialer) DialHost(ctx context.Context, h *Host) (*Conn, error) {
 		}
 		return nil, fmt.Errorf("host %s: no address to dial", h.Name)
 	}
+	mem := d.memory()
+	cands := mem.order(h.Candidates)
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	results := make(chan dialResult, len(h.Candidates))
+	results := make(chan dialResult, len(cands))
+	started := make([]time.Time, len(cands))
+	pending := make([]bool, len(cands))
 	next, running := 0, 0
 	start := func() {
-		c := h.Candidates[next]
+		i := next
 		next++
 		running++
+		started[i], pending[i] = time.Now(), true
 		go func() {
-			conn, err := d.dialCandidate(ctx, c, h.ConnectTimeout)
-			results <- dialResult{conn, err}
+			conn, err := d.dialCandidate(ctx, cands[i], h.ConnectTimeout)
+			results <- dialResult{conn, err, i}
 		}()
 	}
 	var timer *time.Timer
 	var fallback <-chan time.Time
 	arm := func() {
-		if h.FallbackDelay.IsOff() || next >= len(h.Candidates) {
+		if h.FallbackDelay.IsOff() || next >= len(cands) {
 			fallback = nil
 			return
 		}
@@ -119,19 +149,38 @@ func (d *Dialer) DialHost(ctx context.Context, h *Host) (*Conn, error) {
 			arm()
 		case r := <-results:
 			running--
+			pending[r.i] = false
 			if r.err == nil {
 				cancel()
 				go drain(results, running)
+				mem.Forget(cands[r.i].Addr)
+				if !h.FallbackDelay.IsOff() {
+					for i, p := range pending {
+						if p && time.Since(started[i]) >= time.Duration(h.FallbackDelay) {
+							mem.Remember(cands[i].Addr)
+						}
+					}
+				}
 				return r.conn, nil
 			}
+			if timedOut(r.err) && parent.Err() == nil {
+				mem.Remember(cands[r.i].Addr)
+			}
 			errs = append(errs, r.err)
-			if next < len(h.Candidates) && (running == 0 || !h.FallbackDelay.IsOff()) {
+			if next < len(cands) && (running == 0 || !h.FallbackDelay.IsOff()) {
 				start()
 				arm()
 			}
 		}
 	}
 	return nil, fmt.Errorf("host %s: %w", h.Name, errors.Join(errs...))
+}
+
+// timedOut reports whether a connection attempt failed because its
+// connect timeout expired.
+func timedOut(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // drain closes connections that were made after another one won.

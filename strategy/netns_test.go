@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"net/textproto"
 	"os"
 	"os/exec"
@@ -288,4 +289,58 @@ func TestNetnsSources(t *testing.T) {
 	host := l.plan(t, "both.he.test", map[string]string{"ip_strategy": `"ipv4_only"`, "v4": `["198.51.100.77"]`})
 	r := l.run(t, []Host{host}, false)[0]
 	assert.Contains(t, r.Err, "from 198.51.100.77: source address is not on this machine")
+}
+
+// TestNetnsMemory: an nft rule in the client namespace drops every packet
+// to 198.51.100.2 port 25, so that the IPv4 address of a host with IPv4
+// and IPv6 times out. The first connection pays the fallback delay (or,
+// without happy eyeballs, the connect timeout); the next ones, made by the
+// same process, try IPv6 first and are as fast as a connection to the
+// IPv6 address alone.
+func TestNetnsMemory(t *testing.T) {
+	peertest.Need(t, "ip", "nft")
+	l := startNetLab(t)
+	for _, args := range [][]string{
+		{"add", "table", "inet", "blackhole"},
+		{"add", "chain", "inet", "blackhole", "out", "{", "type", "filter", "hook", "output", "priority", "0", ";", "}"},
+		{"add", "rule", "inet", "blackhole", "out", "ip", "daddr", "198.51.100.2", "tcp", "dport", "25", "drop"},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.link.Client, "nft"}, args...)...).CombinedOutput()
+		cancel()
+		require.NoError(t, err, "nft %v: %s", args, out)
+	}
+	v4 := Candidate{Addr: netip.MustParseAddrPort("198.51.100.2:25"), EHLO: "mx.example.org"}
+	v6 := Candidate{Addr: netip.MustParseAddrPort("[2001:db8:1::2]:25"), EHLO: "mx.example.org"}
+	baseline := Host{Name: "mx-v6", Strategy: IPv6Only, FallbackDelay: Delay(DefaultFallbackDelay), ConnectTimeout: 5 * time.Second,
+		Candidates: []Candidate{v6}}
+
+	t.Run("happy eyeballs: the fallback delay once", func(t *testing.T) {
+		both := Host{Name: "mx-both", Strategy: IPv4ThenIPv6, FallbackDelay: Delay(DefaultFallbackDelay), ConnectTimeout: 5 * time.Second,
+			Candidates: []Candidate{v4, v6}}
+		res := l.run(t, []Host{baseline, both, both, both}, false)
+		for i, r := range res {
+			require.Empty(t, r.Err, "connection %d", i)
+			assert.Equal(t, v6.Addr.String(), r.Addr, "connection %d", i)
+			t.Logf("connection %d: %s", i, r.Elapsed)
+		}
+		assert.GreaterOrEqual(t, res[1].Elapsed, DefaultFallbackDelay, "the first pays the delay")
+		for _, r := range res[2:] {
+			assert.Less(t, r.Elapsed, DefaultFallbackDelay/2, "the next ones do not (baseline %s)", res[0].Elapsed)
+			assert.Less(t, r.Elapsed, res[0].Elapsed+50*time.Millisecond, "as fast as the baseline")
+		}
+	})
+	t.Run("without happy eyeballs: the connect timeout once", func(t *testing.T) {
+		both := Host{Name: "mx-both", Strategy: IPv4ThenIPv6, FallbackDelay: Off, ConnectTimeout: time.Second,
+			Candidates: []Candidate{v4, v6}}
+		res := l.run(t, []Host{baseline, both, both}, false)
+		for i, r := range res {
+			require.Empty(t, r.Err, "connection %d", i)
+			assert.Equal(t, v6.Addr.String(), r.Addr, "connection %d", i)
+			t.Logf("connection %d: %s", i, r.Elapsed)
+		}
+		assert.GreaterOrEqual(t, res[1].Elapsed, time.Second, "the first pays the connect timeout")
+		assert.Less(t, res[2].Elapsed, DefaultFallbackDelay/2, "the next does not (baseline %s)", res[0].Elapsed)
+		assert.Less(t, res[2].Elapsed, res[0].Elapsed+50*time.Millisecond, "as fast as the baseline")
+	})
 }

@@ -137,3 +137,57 @@ func (n *normalizer) fill() {
 	n.buf = buf
 	n.out = buf
 }
+
+// WireSize returns the size of the message in body as it goes on the wire,
+// which is the size RFC 1870 has the SIZE parameter declare: every line
+// end made CRLF (as the normalizer makes them) and a final CRLF added when
+// the body lacks one, without the dots DATA doubles or its final ".". It
+// reads body to its end.
+func WireSize(body io.Reader) (int64, error) {
+	return wireSize(body, nil)
+}
+
+// wireSize is WireSize with a buffer to read with (nil: one is made, if
+// body cannot write itself out).
+func wireSize(body io.Reader, buf []byte) (int64, error) {
+	var w wireCounter
+	if buf == nil {
+		buf = make([]byte, normBufSize)
+	}
+	if _, err := io.CopyBuffer(&w, body, buf); err != nil {
+		return 0, err
+	}
+	return w.size(), nil
+}
+
+// wireCounter counts what the normalizer (without dot-stuffing) would
+// write, without writing it: every CR, LF and CRLF is one CRLF on the
+// wire, so the size is the input's, plus one for each bare CR or LF, plus
+// the final CRLF when the body does not end with a line break.
+type wireCounter struct {
+	n, cr, lf, crlf int64
+	last            byte
+}
+
+func (w *wireCounter) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if w.last == '\r' && p[0] == '\n' {
+		w.crlf++
+	}
+	w.n += int64(len(p))
+	w.cr += int64(bytes.Count(p, []byte{'\r'}))
+	w.lf += int64(bytes.Count(p, []byte{'\n'}))
+	w.crlf += int64(bytes.Count(p, []byte("\r\n")))
+	w.last = p[len(p)-1]
+	return len(p), nil
+}
+
+func (w *wireCounter) size() int64 {
+	size := w.n + (w.cr - w.crlf) + (w.lf - w.crlf)
+	if w.n > 0 && w.last != '\r' && w.last != '\n' {
+		size += 2
+	}
+	return size
+}

@@ -84,3 +84,22 @@ func FuzzNormalizer(f *testing.F) {
 		}
 	})
 }
+
+// FuzzWireSize: WireSize counts exactly what the normalizer writes without
+// dot-stuffing, whatever the body and however it is split into reads.
+func FuzzWireSize(f *testing.F) {
+	for _, s := range []string{"", "a", "a\r", "a\n", "a\r\n", "\r\n", "\r", "\n\r", "x\r\r\n\n.\r\ny", "line\nlast"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		want, err := io.Copy(io.Discard, newNormalizer(strings.NewReader(body), false))
+		require.NoError(t, err)
+		// One byte per read: a CRLF split across two writes is one.
+		got, err := wireSize(iotest.OneByteReader(strings.NewReader(body)), make([]byte, 16))
+		require.NoError(t, err)
+		require.Equal(t, want, got, "%q", body)
+		got, err = WireSize(strings.NewReader(body))
+		require.NoError(t, err)
+		require.Equal(t, want, got, "%q", body)
+	})
+}

@@ -80,6 +80,8 @@ type Client struct {
 	// BDAT chunks (the one sent and the one read ahead).
 	norm   *normalizer
 	chunks [2][]byte
+	// sizeBuf reads the body to measure it (SIZE=).
+	sizeBuf []byte
 }
 
 // Dial sets up a session on conn: implicit TLS if configured, the
@@ -319,8 +321,13 @@ func (c *Client) Close() error {
 	return c.conn.Close()
 }
 
-// cmd sends one command and reads its reply.
+// cmd sends one command and reads its reply. Bytes that arrived before
+// the command are an error (ErrProtocol): they would be read as its reply.
 func (c *Client) cmd(ctx context.Context, p Phase, line string) (Reply, error) {
+	if err := c.unaskedBuffered(p); err != nil {
+		c.broken = true
+		return Reply{}, err
+	}
 	if err := c.send(ctx, p, line); err != nil {
 		return Reply{}, err
 	}

@@ -19,7 +19,12 @@ func TestReadReply(t *testing.T) {
 		{"enhanced", "550 5.1.1 no such user\r\n", Reply{Code: 550, Enhanced: "5.1.1", Lines: []string{"no such user"}}, ""},
 		{"multi-line enhanced", "451-4.3.0 one\r\n451 4.3.0 two\r\n", Reply{Code: 451, Enhanced: "4.3.0", Lines: []string{"one", "two"}}, ""},
 		{"enhanced of another class is text", "250 5.1.1 odd\r\n", Reply{Code: 250, Lines: []string{"5.1.1 odd"}}, ""},
-		{"enhanced on some lines only", "250-2.0.0 a\r\n250 b\r\n", Reply{Code: 250, Lines: []string{"2.0.0 a", "b"}}, ""},
+		{"enhanced on the first line only (Exim)", "550-5.7.1 a\r\n550-b\r\n550 c\r\n", Reply{Code: 550, Enhanced: "5.7.1", Lines: []string{"a", "b", "c"}}, ""},
+		{"enhanced on the first line only, 2xx", "250-2.0.0 a\r\n250 b\r\n", Reply{Code: 250, Enhanced: "2.0.0", Lines: []string{"a", "b"}}, ""},
+		{"another enhanced code on a later line is text", "550-5.7.1 a\r\n550 5.1.1 b\r\n", Reply{Code: 550, Enhanced: "5.7.1", Lines: []string{"a", "5.1.1 b"}}, ""},
+		{"enhanced on a later line only is text", "550-a\r\n550 5.1.1 b\r\n", Reply{Code: 550, Lines: []string{"a", "5.1.1 b"}}, ""},
+		{"cut line at EOF", "250 2.0.", Reply{}, `the reply was cut after "250 2.0.": unexpected EOF`},
+		{"cut between lines", "250-a\r\n", Reply{}, `the reply was cut after "250-a\r\n": unexpected EOF`},
 		{"bare code", "250\r\n", Reply{Code: 250, Lines: []string{""}}, ""},
 		{"ehlo with empty keyword", "250-smtp-sink\r\n250-PIPELINING\r\n250 \r\n", Reply{Code: 250, Lines: []string{"smtp-sink", "PIPELINING", ""}}, ""},
 		{"bare LF", "220 hi\n", Reply{Code: 220, Lines: []string{"hi"}}, ""},
@@ -58,13 +63,18 @@ func TestParseCapabilities(t *testing.T) {
 }
 
 func FuzzReadReply(f *testing.F) {
-	for _, s := range []string{"250 OK\r\n", "550-5.1.1 a\r\n550 5.1.1 b\r\n", "250 \r\n", "2", "250-\n250 x\n", "421 4.7.0 bye\r\n"} {
+	for _, s := range []string{"250 OK\r\n", "550-5.1.1 a\r\n550 5.1.1 b\r\n", "250 \r\n", "2", "250-\n250 x\n", "421 4.7.0 bye\r\n", "250 2.0.", "550-5.7.1 a\r\n550 b\r\n"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		rep, err := readReply(bufio.NewReader(strings.NewReader(in)))
+		sr := strings.NewReader(in)
+		br := bufio.NewReader(sr)
+		rep, err := readReply(br)
 		if err != nil {
 			return
+		}
+		if used := len(in) - sr.Len() - br.Buffered(); used == 0 || in[used-1] != '\n' {
+			t.Fatalf("a reply taken from %q, which does not end its line", in[:used])
 		}
 		if rep.Code < 200 || rep.Code > 599 {
 			t.Fatalf("code %d accepted", rep.Code)

@@ -2,8 +2,8 @@
 
 package transport
 
-import "net"
+import "syscall"
 
 // peekIdle cannot look at a socket without reading from it here: an idle
 // session is taken as open, and a closed one shows when it is used.
-func peekIdle(net.Conn) bool { return true }
+func peekIdle(syscall.Conn) bool { return true }

@@ -4,16 +4,15 @@ package transport
 
 import (
 	"errors"
-	"net"
 	"syscall"
 )
 
 // peekIdle reports whether an idle connection is still open with nothing
 // unread: a non-blocking peek at the socket (MSG_PEEK|MSG_DONTWAIT), which
-// neither waits nor consumes anything.
-func peekIdle(conn net.Conn) bool {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
+// neither waits nor consumes anything. A connection whose socket could not
+// be found (nil: a wrapper without a NetConn method) is taken as open.
+func peekIdle(sc syscall.Conn) bool {
+	if sc == nil {
 		return true
 	}
 	raw, err := sc.SyscallConn()

@@ -69,7 +69,11 @@ type Error struct {
 func (e *Error) Error() string {
 	switch {
 	case e.Timeout:
-		return fmt.Sprintf("smtp %s: timed out after %s", e.Phase, e.Limit)
+		msg := fmt.Sprintf("smtp %s: timed out after %s", e.Phase, e.Limit)
+		if cut := (*CutReplyError)(nil); errors.As(e.Err, &cut) {
+			msg += fmt.Sprintf(" (the reply was cut after %s)", cut.partial())
+		}
+		return msg
 	case e.Reply != nil:
 		return fmt.Sprintf("smtp %s: server replied %s", e.Phase, e.Reply)
 	}
@@ -101,3 +105,8 @@ func phaseError(p Phase, limit time.Duration, err error) *Error {
 	timeout := errors.As(err, &ne) && ne.Timeout()
 	return &Error{Phase: p, Timeout: timeout, Limit: limit, Err: err}
 }
+
+// ErrProtocol is a reply that breaks the protocol: a 2xx reply to DATA, a
+// 3xx reply where only 2xx accepts. Nothing said after it can be trusted:
+// the session is closed, and the recipients not yet answered are deferred.
+var ErrProtocol = errors.New("protocol error")

@@ -309,15 +309,6 @@ func (p *Pool) Destruct() error {
 	return nil
 }
 
-// alive checks, without waiting, that the server has not closed an idle
-// session (or sent something unasked, such as a 421 before closing).
-func (c *Client) alive() bool {
-	if c.broken || c.br.Buffered() > 0 {
-		return false
-	}
-	return peekIdle(c.raw)
-}
-
 // pools shares pools across config reloads, so that warm sessions survive
 // a reload and deliveries in flight are not cut.
 var pools = caddy.NewUsagePool()

@@ -109,7 +109,7 @@ func TestPostfixChunkingAndPipelining(t *testing.T) {
 	for _, r := range res {
 		assert.Equal(t, Delivered, r.Status, r.Reply.String())
 	}
-	assert.Equal(t, []string{"MAIL FROM:<sender@example.org>", "RCPT TO:<a@example.test>", "RCPT TO:<b@example.test>", fmt.Sprintf("BDAT %d LAST", len(testBody))},
+	assert.Equal(t, []string{fmt.Sprintf("MAIL FROM:<sender@example.org> SIZE=%d", len(testBody)), "RCPT TO:<a@example.test>", "RCPT TO:<b@example.test>", fmt.Sprintf("BDAT %d LAST", len(testBody))},
 		sent[:4], "one batch: MAIL, RCPT, BDAT LAST")
 
 	// A big message goes in several chunks.
@@ -165,7 +165,8 @@ func TestPostfixSizeRefusedBeforeSending(t *testing.T) {
 	require.NoError(t, err)
 	for _, r := range res {
 		assert.Equal(t, Failed, r.Status)
-		assert.Equal(t, "552 5.3.4 message size 5000 exceeds the server's limit of 2000", r.Reply.String())
+		// The body gets its final CRLF on the wire: 5002 octets.
+		assert.Equal(t, "552 5.3.4 message size 5002 exceeds the server's limit of 2000", r.Reply.String())
 	}
 	require.NoError(t, c.Quit())
 	log := waitLog(t, pf, "disconnect from")

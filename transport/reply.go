@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 )
@@ -19,6 +20,11 @@ type Reply struct {
 	// Lines are the reply's text lines, without the code and separator
 	// (and without the enhanced code, when there is one).
 	Lines []string `json:"lines,omitempty"`
+	// Local is true for a reply this app made up, not one a server sent:
+	// for an outcome no server answered (a DNS failure, no host reachable)
+	// or a refusal before anything was sent (a message too large for the
+	// server, REQUIRETLS that cannot be met).
+	Local bool `json:"local,omitempty"`
 }
 
 // Class is what a reply means for the command it answers.
@@ -26,7 +32,8 @@ type Class int
 
 // The reply classes.
 const (
-	// Positive: 2xx and 3xx.
+	// Positive: 2xx and 3xx. Only 2xx means a command was done (Success);
+	// 3xx asks for more.
 	Positive Class = iota
 	// TransientNegative: 4xx, worth retrying later.
 	TransientNegative
@@ -44,6 +51,10 @@ func (r Reply) Class() Class {
 	}
 	return Positive
 }
+
+// Success reports whether the reply is 2xx: the command was done. (A 3xx
+// reply only asks for more: 354 after DATA, 334 during AUTH.)
+func (r Reply) Success() bool { return r.Code >= 200 && r.Code < 300 }
 
 // Text returns the reply's lines joined by spaces.
 func (r Reply) Text() string { return strings.Join(r.Lines, " ") }
@@ -83,11 +94,15 @@ const (
 // ErrMalformedReply is a reply that is not SMTP.
 var ErrMalformedReply = errors.New("malformed reply")
 
-// readReply reads one (possibly multi-line) reply.
+// readReply reads one (possibly multi-line) reply. A reply the server did
+// not finish (the read timed out, or the connection closed, part way
+// through a line or between the lines of a multi-line reply) is an error
+// wrapping a *CutReplyError, never a reply.
 func readReply(r *bufio.Reader) (Reply, error) {
 	var (
 		rep   Reply
 		lines []string
+		raw   []string // the lines as received, for a cut reply's error
 	)
 	for n := 0; ; n++ {
 		if n == maxReplyLines {
@@ -95,8 +110,20 @@ func readReply(r *bufio.Reader) (Reply, error) {
 		}
 		line, err := readLine(r)
 		if err != nil {
+			var cut *CutReplyError
+			if n > 0 {
+				if errors.As(err, &cut) {
+					cut.Partial = strings.Join(raw, "\r\n") + "\r\n" + cut.Partial
+				} else if !errors.Is(err, ErrMalformedReply) {
+					if err == io.EOF {
+						err = io.ErrUnexpectedEOF
+					}
+					err = &CutReplyError{Partial: strings.Join(raw, "\r\n") + "\r\n", Err: err}
+				}
+			}
 			return Reply{}, err
 		}
+		raw = append(raw, line)
 		code, more, text, err := parseReplyLine(line)
 		if err != nil {
 			return Reply{}, err
@@ -115,21 +142,61 @@ func readReply(r *bufio.Reader) (Reply, error) {
 	return rep, nil
 }
 
+// CutReplyError is a reply the server did not finish: what arrived of it,
+// and why the rest did not (a timeout, the connection closed).
+type CutReplyError struct {
+	// Partial is what was received of the reply.
+	Partial string
+	Err     error
+}
+
+func (e *CutReplyError) Error() string {
+	return fmt.Sprintf("the reply was cut after %s: %v", e.partial(), e.Err)
+}
+
+// partial quotes what was received, bounded.
+func (e *CutReplyError) partial() string {
+	p := e.Partial
+	if len(p) > 200 {
+		p = p[:200] + "..."
+	}
+	return strconv.Quote(p)
+}
+
+func (e *CutReplyError) Unwrap() error { return e.Err }
+
 // readLine reads a line ending in CRLF (or a bare LF, which some servers
-// send), bounded in length.
+// send), bounded in length. A line that ends without its line break (the
+// read timed out, or the connection closed) is a *CutReplyError: bufio's
+// ReadLine would return it as a whole line, and "250 2.0." cut by a
+// timeout would read as a reply.
 func readLine(r *bufio.Reader) (string, error) {
 	var b []byte
 	for {
-		chunk, isPrefix, err := r.ReadLine()
-		if err != nil {
-			return "", err
-		}
+		chunk, err := r.ReadSlice('\n')
 		b = append(b, chunk...)
-		if len(b) > maxReplyLineSize {
+		if len(b) > maxReplyLineSize+2 {
 			return "", fmt.Errorf("%w: a line longer than %d bytes", ErrMalformedReply, maxReplyLineSize)
 		}
-		if !isPrefix {
+		switch {
+		case err == nil:
+			b = b[:len(b)-1]
+			if len(b) > 0 && b[len(b)-1] == '\r' {
+				b = b[:len(b)-1]
+			}
+			if len(b) > maxReplyLineSize {
+				return "", fmt.Errorf("%w: a line longer than %d bytes", ErrMalformedReply, maxReplyLineSize)
+			}
 			return string(b), nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case len(b) == 0:
+			return "", err
+		default:
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return "", &CutReplyError{Partial: string(b), Err: err}
 		}
 	}
 }
@@ -161,8 +228,11 @@ func parseReplyLine(line string) (code int, more bool, text string, err error) {
 	return code, more, line[4:], nil
 }
 
-// enhancedCode takes the enhanced status code off the lines when each line
-// starts with the same one, and its class matches the reply code's.
+// enhancedCode takes the enhanced status code of the reply's first line,
+// when it has one whose class matches the reply code's, off every line
+// that starts with it. Lines without it keep their text: Exim gives the
+// code on the first line of a multi-line reply only ("550-5.7.1 text",
+// then "550 more text").
 func enhancedCode(code int, lines []string) (string, []string) {
 	first, _, _ := strings.Cut(lines[0], " ")
 	if !isEnhanced(first) || int(first[0]-'0') != code/100 {
@@ -170,11 +240,10 @@ func enhancedCode(code int, lines []string) (string, []string) {
 	}
 	out := make([]string, len(lines))
 	for i, l := range lines {
-		c, rest, _ := strings.Cut(l, " ")
-		if c != first {
-			return "", lines
+		if c, rest, _ := strings.Cut(l, " "); c == first {
+			l = rest
 		}
-		out[i] = rest
+		out[i] = l
 	}
 	return first, out
 }

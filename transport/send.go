@@ -16,8 +16,12 @@ type Envelope struct {
 	From string
 	// To are the recipients.
 	To []Recipient
-	// Size is the message's size in bytes, when known: sent as SIZE= and
-	// checked against the server's limit before anything is sent.
+	// Size is the message's size in octets as it goes on the wire (every
+	// line end CRLF, RFC 1870; see WireSize), when known: declared as
+	// SIZE= and checked against the server's limit before anything is
+	// sent. When the body Deliver is given can be re-read (an io.Seeker:
+	// io.SectionReader, bytes.Reader, os.File) and the server announced
+	// SIZE, Deliver measures the size itself and this field is not used.
 	Size int64
 	// EightBit says the body has 8-bit text (BODY=8BITMIME).
 	EightBit bool
@@ -93,6 +97,12 @@ const chunkSize = 256 * 1024
 // to 256 KiB as BDAT ... LAST) go in one batch. The error is set when the
 // session failed part way (then the recipients not yet answered are
 // deferred, with it as their Err) and the client must not be used again.
+//
+// A recipient is delivered only on a 2xx reply to the end of the message.
+// A reply that breaks the protocol (2xx to DATA, 3xx where only 2xx
+// accepts) is an error wrapping ErrProtocol, and so is anything the server
+// sent before the transaction's first command: the session is closed and
+// the recipients deferred.
 func (c *Client) Deliver(ctx context.Context, env *Envelope, body io.Reader) ([]RcptResult, error) {
 	if c.broken {
 		return nil, errors.New("smtp: session is closed")
@@ -101,11 +111,23 @@ func (c *Client) Deliver(ctx context.Context, env *Envelope, body io.Reader) ([]
 	for i, r := range env.To {
 		results[i] = RcptResult{Rcpt: r.Addr, Status: Deferred}
 	}
-	active := c.precheck(env, results)
+	size, err := c.wireSize(env, body)
+	if err != nil {
+		return c.settle(results, err)
+	}
+	active := c.precheck(env, size, results)
 	if len(active) == 0 {
 		return results, nil
 	}
-	err := c.transaction(ctx, env, body, results, active)
+	if err := c.unasked(); err != nil {
+		return c.settle(results, err)
+	}
+	return c.settle(results, c.transaction(ctx, env, size, body, results, active))
+}
+
+// settle ends Deliver: with err set, the recipients not yet answered are
+// deferred with err, and the session is closed.
+func (c *Client) settle(results []RcptResult, err error) ([]RcptResult, error) {
 	if err != nil {
 		for i := range results {
 			if results[i].Status == Deferred && results[i].Reply.Code == 0 {
@@ -119,20 +141,45 @@ func (c *Client) Deliver(ctx context.Context, env *Envelope, body io.Reader) ([]
 	return results, nil
 }
 
+// wireSize returns the size to declare as SIZE=: measured on body when the
+// server announced SIZE and body can be re-read (it is then put back where
+// it was), env.Size otherwise.
+func (c *Client) wireSize(env *Envelope, body io.Reader) (int64, error) {
+	seeker, ok := body.(io.Seeker)
+	if !ok || c.helo || !c.caps.Has("SIZE") {
+		return env.Size, nil
+	}
+	start, err := seeker.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return env.Size, nil // not seekable after all: declare what we were told
+	}
+	if c.sizeBuf == nil {
+		c.sizeBuf = make([]byte, normBufSize)
+	}
+	n, err := wireSize(body, c.sizeBuf)
+	if err != nil {
+		return 0, &Error{Phase: PhaseData, Err: fmt.Errorf("reading the message: %w", err)}
+	}
+	if _, err := seeker.Seek(start, io.SeekStart); err != nil {
+		return 0, &Error{Phase: PhaseData, Err: fmt.Errorf("reading the message: %w", err)}
+	}
+	return n, nil
+}
+
 // precheck refuses, before anything is sent, what this server cannot take:
 // a message over its SIZE, non-ASCII addresses without SMTPUTF8, REQUIRETLS
 // without TLS or without the extension. It returns the indexes of the
 // recipients still to send to.
-func (c *Client) precheck(env *Envelope, results []RcptResult) []int {
+func (c *Client) precheck(env *Envelope, size int64, results []RcptResult) []int {
 	failAll := func(code int, enh, text string) []int {
 		for i := range results {
 			results[i].Status = Failed
-			results[i].Reply = Reply{Code: code, Enhanced: enh, Lines: []string{text}}
+			results[i].Reply = Reply{Code: code, Enhanced: enh, Lines: []string{text}, Local: true}
 		}
 		return nil
 	}
-	if limit := c.caps.Size(); limit > 0 && env.Size > limit {
-		return failAll(552, "5.3.4", fmt.Sprintf("message size %d exceeds the server's limit of %d", env.Size, limit))
+	if limit := c.caps.Size(); limit > 0 && size > limit {
+		return failAll(552, "5.3.4", fmt.Sprintf("message size %d exceeds the server's limit of %d", size, limit))
 	}
 	if env.RequireTLS {
 		switch {
@@ -150,12 +197,12 @@ func (c *Client) precheck(env *Envelope, results []RcptResult) []int {
 	for i, r := range env.To {
 		if !utf8OK && !isASCII(r.Addr) {
 			results[i].Status = Failed
-			results[i].Reply = Reply{Code: 553, Enhanced: "5.6.7", Lines: []string{"non-ASCII address, and the server does not offer SMTPUTF8"}}
+			results[i].Reply = Reply{Code: 553, Enhanced: "5.6.7", Lines: []string{"non-ASCII address, and the server does not offer SMTPUTF8"}, Local: true}
 			continue
 		}
 		if strings.ContainsAny(r.Addr, "<>\r\n ") {
 			results[i].Status = Failed
-			results[i].Reply = Reply{Code: 553, Enhanced: "5.1.3", Lines: []string{"malformed recipient address"}}
+			results[i].Reply = Reply{Code: 553, Enhanced: "5.1.3", Lines: []string{"malformed recipient address"}, Local: true}
 			continue
 		}
 		active = append(active, i)
@@ -172,8 +219,9 @@ func isASCII(s string) bool {
 	return true
 }
 
-// mailFrom builds the MAIL command with the parameters the server takes.
-func (c *Client) mailFrom(env *Envelope) string {
+// mailFrom builds the MAIL command with the parameters the server takes;
+// size is the message's size on the wire (0: unknown, not declared).
+func (c *Client) mailFrom(env *Envelope, size int64) string {
 	var b strings.Builder
 	b.WriteString("MAIL FROM:<")
 	b.WriteString(env.From)
@@ -181,9 +229,9 @@ func (c *Client) mailFrom(env *Envelope) string {
 	if c.helo {
 		return b.String()
 	}
-	if env.Size > 0 && c.caps.Has("SIZE") {
+	if size > 0 && c.caps.Has("SIZE") {
 		b.WriteString(" SIZE=")
-		b.WriteString(strconv.FormatInt(env.Size, 10))
+		b.WriteString(strconv.FormatInt(size, 10))
 	}
 	if env.EightBit && c.caps.Has("8BITMIME") {
 		b.WriteString(" BODY=8BITMIME")
@@ -243,7 +291,7 @@ func xtext(s string) string {
 }
 
 // transaction runs MAIL, RCPT and the data transfer, filling results.
-func (c *Client) transaction(ctx context.Context, env *Envelope, body io.Reader, results []RcptResult, active []int) error {
+func (c *Client) transaction(ctx context.Context, env *Envelope, size int64, body io.Reader, results []RcptResult, active []int) error {
 	pipelining := c.caps.Has("PIPELINING")
 	chunking := c.caps.Has("CHUNKING")
 
@@ -268,7 +316,7 @@ func (c *Client) transaction(ctx context.Context, env *Envelope, body io.Reader,
 	}
 
 	if !pipelining {
-		return c.lockstep(ctx, env, norm, first, firstIsLast, results, active)
+		return c.lockstep(ctx, env, size, norm, first, firstIsLast, results, active)
 	}
 
 	// The batch: [RSET] MAIL RCPT... [DATA | BDAT n LAST].
@@ -277,7 +325,7 @@ func (c *Client) transaction(ctx context.Context, env *Envelope, body io.Reader,
 			return err
 		}
 	}
-	if err := c.send(ctx, PhaseMailFrom, c.mailFrom(env)); err != nil {
+	if err := c.send(ctx, PhaseMailFrom, c.mailFrom(env, size)); err != nil {
 		return err
 	}
 	for _, i := range active {
@@ -306,16 +354,22 @@ func (c *Client) transaction(ctx context.Context, env *Envelope, body io.Reader,
 	if err != nil {
 		return err
 	}
+	if err := acceptance(PhaseMailFrom, "MAIL", mail); err != nil {
+		return err
+	}
 	var accepted []int
 	for _, i := range active {
 		rep, err := c.read(ctx, PhaseRcptTo)
 		if err != nil {
 			return err
 		}
+		if err := acceptance(PhaseRcptTo, "RCPT", rep); err != nil {
+			return err
+		}
 		switch {
-		case mail.Class() != Positive:
+		case !mail.Success():
 			setOne(results, i, mail)
-		case rep.Class() != Positive:
+		case !rep.Success():
 			setOne(results, i, rep)
 		default:
 			accepted = append(accepted, i)
@@ -344,6 +398,9 @@ func (c *Client) transaction(ctx context.Context, env *Envelope, body io.Reader,
 	if err != nil {
 		return err
 	}
+	if err := dataAcceptance(rep); err != nil {
+		return err
+	}
 	if rep.Code != 354 {
 		c.dirty = true
 		if len(accepted) > 0 {
@@ -369,7 +426,7 @@ func (c *Client) transaction(ctx context.Context, env *Envelope, body io.Reader,
 
 // lockstep is the transaction for a server without PIPELINING: every
 // command waits for its reply.
-func (c *Client) lockstep(ctx context.Context, env *Envelope, norm io.Reader, first []byte, firstIsLast bool, results []RcptResult, active []int) error {
+func (c *Client) lockstep(ctx context.Context, env *Envelope, size int64, norm io.Reader, first []byte, firstIsLast bool, results []RcptResult, active []int) error {
 	if c.dirty {
 		rep, err := c.cmd(ctx, PhaseEHLO, "RSET")
 		if err != nil {
@@ -380,11 +437,14 @@ func (c *Client) lockstep(ctx context.Context, env *Envelope, norm io.Reader, fi
 		}
 		c.dirty = false
 	}
-	mail, err := c.cmd(ctx, PhaseMailFrom, c.mailFrom(env))
+	mail, err := c.cmd(ctx, PhaseMailFrom, c.mailFrom(env, size))
 	if err != nil {
 		return err
 	}
-	if mail.Class() != Positive {
+	if err := acceptance(PhaseMailFrom, "MAIL", mail); err != nil {
+		return err
+	}
+	if !mail.Success() {
 		c.dirty = true
 		setAll(results, active, mail)
 		return nil
@@ -395,7 +455,10 @@ func (c *Client) lockstep(ctx context.Context, env *Envelope, norm io.Reader, fi
 		if err != nil {
 			return err
 		}
-		if rep.Class() == Positive {
+		if err := acceptance(PhaseRcptTo, "RCPT", rep); err != nil {
+			return err
+		}
+		if rep.Success() {
 			accepted = append(accepted, i)
 		} else {
 			setOne(results, i, rep)
@@ -410,6 +473,9 @@ func (c *Client) lockstep(ctx context.Context, env *Envelope, norm io.Reader, fi
 	}
 	rep, err := c.cmd(ctx, PhaseData, "DATA")
 	if err != nil {
+		return err
+	}
+	if err := dataAcceptance(rep); err != nil {
 		return err
 	}
 	if rep.Code != 354 {
@@ -481,7 +547,10 @@ func (c *Client) bdat(ctx context.Context, norm io.Reader, chunk []byte, last bo
 				if err != nil {
 					return err
 				}
-				if rep.Class() != Positive {
+				if err := acceptance(PhaseData, "BDAT", rep); err != nil {
+					return err
+				}
+				if !rep.Success() {
 					c.dirty = true
 					setAll(results, accepted, rep)
 					// The rest of the message is not sent: a chunk
@@ -528,6 +597,9 @@ func (c *Client) finalReplies(ctx context.Context, results []RcptResult, accepte
 		if err != nil {
 			return err
 		}
+		if err := acceptance(PhaseData, "the end of the message", rep); err != nil {
+			return err
+		}
 		setAll(results, accepted, rep)
 		c.done(rep)
 		return nil
@@ -536,6 +608,11 @@ func (c *Client) finalReplies(ctx context.Context, results []RcptResult, accepte
 	for _, i := range accepted {
 		rep, err := c.read(ctx, PhaseData)
 		if err != nil {
+			return err
+		}
+		if err := acceptance(PhaseData, "the end of the message", rep); err != nil {
+			// The recipients answered before keep their replies; the
+			// others are deferred.
 			return err
 		}
 		setOne(results, i, rep)
@@ -547,7 +624,7 @@ func (c *Client) finalReplies(ctx context.Context, results []RcptResult, accepte
 
 func (c *Client) done(last Reply) {
 	c.messages++
-	if last.Class() != Positive {
+	if !last.Success() {
 		c.dirty = true
 	}
 }
@@ -573,14 +650,39 @@ func setAll(results []RcptResult, idx []int, rep Reply) {
 	}
 }
 
+// setOne records the reply that decided recipient i: delivered only on a
+// 2xx reply (acceptance has made any other positive reply an error before),
+// failed on 5xx, deferred otherwise.
 func setOne(results []RcptResult, i int, rep Reply) {
 	results[i].Reply = rep
-	switch rep.Class() {
-	case Positive:
+	switch {
+	case rep.Success():
 		results[i].Status = Delivered
-	case TransientNegative:
-		results[i].Status = Deferred
-	default:
+	case rep.Class() == PermanentNegative:
 		results[i].Status = Failed
+	default:
+		results[i].Status = Deferred
 	}
+}
+
+// acceptance checks the reply to a command that only a 2xx reply accepts
+// (MAIL, RCPT, a BDAT chunk, the end of the message): a 3xx reply there is
+// a protocol error, an answer to something else, and nothing after it can
+// be matched to its command.
+func acceptance(p Phase, what string, rep Reply) error {
+	if rep.Success() || rep.Code >= 400 {
+		return nil
+	}
+	return &Error{Phase: p, Err: fmt.Errorf("%w: %s answered with %s (want 2xx)", ErrProtocol, what, rep)}
+}
+
+// dataAcceptance checks the reply to DATA: 354 goes on, 4xx and 5xx refuse,
+// and anything else (a 2xx reply, as if the message had been sent, or
+// another 3xx) is a protocol error: the message was not sent, whatever
+// the server says.
+func dataAcceptance(rep Reply) error {
+	if rep.Code == 354 || rep.Code >= 400 {
+		return nil
+	}
+	return &Error{Phase: PhaseData, Err: fmt.Errorf("%w: DATA answered with %s (want 354)", ErrProtocol, rep)}
 }

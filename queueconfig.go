@@ -1,0 +1,301 @@
+package caddysmtp
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/dustin/go-humanize"
+
+	"github.com/seed7b014b84/caddy-smtp/rules"
+)
+
+// QueueConfig is the outbound queue: where it is kept, when it retries,
+// when it gives up, how much it sends at once and how much it holds.
+type QueueConfig struct {
+	// Path is the folder of the queue (an SQLite database, and the bodies
+	// of large messages). Default: smtp/queue in Caddy's data directory
+	// ($XDG_DATA_HOME/caddy, or ~/.local/share/caddy). Configs with the
+	// same path share one queue across reloads.
+	Path string `json:"path,omitempty"`
+
+	// Retry is the delays between attempts: the first after the first
+	// attempt, and so on; the last repeats. Each is changed by up to 10%,
+	// up or down, so that messages deferred together do not all come back
+	// at once. Default: 5m 10m 20m 40m 1h20m 2h. Rule list, e.g. a shorter
+	// schedule for `source == 'dsn'`.
+	Retry rules.Setting[[]caddy.Duration] `json:"retry,omitzero"`
+
+	// Expire is how long after its arrival a message that could not be
+	// delivered fails (and its sender is told). Default: 5d. Rule list.
+	Expire rules.Setting[caddy.Duration] `json:"expire,omitzero"`
+
+	// Notify is the ages of a message at which its sender is told it is
+	// delayed, while some recipient is still to be delivered. Default: 4h
+	// (once). An empty list sends no delay notice. Rule list.
+	Notify rules.Setting[[]caddy.Duration] `json:"notify,omitzero"`
+
+	// Concurrency is the most transactions in flight at once. Default:
+	// 100.
+	Concurrency int `json:"concurrency,omitempty"`
+
+	// DestinationConcurrency is the most transactions in flight to one
+	// destination (a remote, or the MX hosts of a domain). A destination
+	// starts at 5 and gains one with each delivery up to this cap; a
+	// failed connection takes one away. Default: 20 (Postfix's).
+	DestinationConcurrency int `json:"destination_concurrency,omitempty"`
+
+	// MaxMessages is the most messages the queue holds; past it, new
+	// messages are refused for now (452 4.3.1 over SMTP, 507 over HTTP).
+	// Default: 0, no limit.
+	MaxMessages int64 `json:"max_messages,omitempty"`
+
+	// MaxSize is the most bytes of messages the queue holds; past it, new
+	// messages are refused for now. Default: 0, no limit.
+	MaxSize int64 `json:"max_size,omitempty"`
+
+	// MaxMessageSize is the largest message, in bytes, the queue takes from
+	// Caddy modules, the admin API and `caddy sendmail` (the submission
+	// handler and smtp_send have limits of their own). Default: 64 MiB.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// MinFree is the free space, in bytes, kept on the queue's file system:
+	// below it, new messages are refused for now, so that the deliveries
+	// under way can still record their results (and free space). Default:
+	// 64 MiB.
+	MinFree int64 `json:"min_free,omitempty"`
+
+	// StopGrace is how long deliveries in flight may take to finish when
+	// Caddy stops; those still running then are cut, and their messages
+	// retried at their next retry time. Default: 10s.
+	StopGrace caddy.Duration `json:"stop_grace,omitempty"`
+}
+
+// The queue's defaults; the field comments explain them.
+var (
+	defaultRetry = []caddy.Duration{
+		caddy.Duration(5 * time.Minute), caddy.Duration(10 * time.Minute), caddy.Duration(20 * time.Minute),
+		caddy.Duration(40 * time.Minute), caddy.Duration(80 * time.Minute), caddy.Duration(2 * time.Hour),
+	}
+	defaultExpire = caddy.Duration(5 * 24 * time.Hour)
+	defaultNotify = []caddy.Duration{caddy.Duration(4 * time.Hour)}
+)
+
+const (
+	defaultQueueConcurrency       = 100
+	defaultDestinationConcurrency = 20
+	defaultMinFree                = 64 << 20
+	defaultMaxMessageSize         = 64 << 20
+	defaultStopGrace              = 10 * time.Second
+)
+
+// setDefaults fills the queue's unset settings.
+func (q *QueueConfig) setDefaults() {
+	if q.Path == "" {
+		q.Path = caddy.AppDataDir() + "/smtp/queue"
+	}
+	defaultSetting(&q.Retry, defaultRetry)
+	defaultSetting(&q.Expire, defaultExpire)
+	defaultSetting(&q.Notify, defaultNotify)
+	if q.Concurrency == 0 {
+		q.Concurrency = defaultQueueConcurrency
+	}
+	if q.DestinationConcurrency == 0 {
+		q.DestinationConcurrency = defaultDestinationConcurrency
+	}
+	if q.MinFree == 0 {
+		q.MinFree = defaultMinFree
+	}
+	if q.MaxMessageSize == 0 {
+		q.MaxMessageSize = defaultMaxMessageSize
+	}
+	if q.StopGrace == 0 {
+		q.StopGrace = caddy.Duration(defaultStopGrace)
+	}
+}
+
+// compile compiles the queue's rule lists.
+func (q *QueueConfig) compile(env *rules.Env) error {
+	if err := q.Retry.Compile("queue.retry", env); err != nil {
+		return err
+	}
+	if err := q.Expire.Compile("queue.expire", env); err != nil {
+		return err
+	}
+	return q.Notify.Compile("queue.notify", env)
+}
+
+// validate checks the queue's settings.
+func (q *QueueConfig) validate() error {
+	for _, c := range []struct {
+		key string
+		n   int64
+	}{
+		{"queue.concurrency", int64(q.Concurrency)}, {"queue.destination_concurrency", int64(q.DestinationConcurrency)},
+		{"queue.max_messages", q.MaxMessages}, {"queue.max_size", q.MaxSize}, {"queue.min_free", q.MinFree},
+		{"queue.max_message_size", q.MaxMessageSize},
+	} {
+		if c.n < 0 {
+			return fmt.Errorf("%s: %d is negative", c.key, c.n)
+		}
+	}
+	if q.StopGrace < 0 {
+		return fmt.Errorf("queue.stop_grace: %v is negative", time.Duration(q.StopGrace))
+	}
+	if err := q.Retry.Each("queue.retry", func(path string, v *[]caddy.Duration) error {
+		if len(*v) == 0 {
+			return fmt.Errorf("%s: give at least one delay", path)
+		}
+		for i, d := range *v {
+			if d <= 0 {
+				return fmt.Errorf("%s[%d]: %v is not a positive delay", path, i, time.Duration(d))
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := q.Expire.Each("queue.expire", func(path string, v *caddy.Duration) error {
+		if *v <= 0 {
+			return fmt.Errorf("%s: %v is not a positive duration", path, time.Duration(*v))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	return q.Notify.Each("queue.notify", func(path string, v *[]caddy.Duration) error {
+		for i, d := range *v {
+			if d <= 0 {
+				return fmt.Errorf("%s[%d]: %v is not a positive age", path, i, time.Duration(d))
+			}
+		}
+		return nil
+	})
+}
+
+// schedule is the queue.Policy of a config: its rule lists.
+type schedule struct{ q *QueueConfig }
+
+func (s schedule) Retry(v *rules.Vars) (time.Duration, error) {
+	delays, err := s.q.Retry.Eval(v)
+	if err != nil || len(delays) == 0 {
+		return 0, err
+	}
+	// retry_num is the attempts made: the first retry follows the first.
+	i := int(min(max(v.RetryNum-1, 0), int64(len(delays)-1)))
+	return time.Duration(delays[i]), nil
+}
+
+func (s schedule) Expire(v *rules.Vars) (time.Duration, error) {
+	d, err := s.q.Expire.Eval(v)
+	return time.Duration(d), err
+}
+
+func (s schedule) Notify(v *rules.Vars) ([]time.Duration, error) {
+	ds, err := s.q.Notify.Eval(v)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = time.Duration(d)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// parseQueue reads the queue block:
+//
+//	queue {
+//		path <folder>
+//		retry <duration>...          # or a rule block
+//		expire <duration>            # or a rule block
+//		notify <duration>...|none    # or a rule block
+//		concurrency <n>
+//		destination_concurrency <n>
+//		max_messages <n>
+//		max_size <size>
+//		max_message_size <size>
+//		min_free <size>
+//		stop_grace <duration>
+//	}
+func parseQueue(d *caddyfile.Dispenser, p *ruleParser, q *QueueConfig) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch key := d.Val(); key {
+		case "path":
+			q.Path, err = oneArg(d)
+		case "retry":
+			q.Retry, err = parseSetting(d, p, once(&q.Retry), parseDurations(false))
+		case "expire":
+			q.Expire, err = parseSetting(d, p, once(&q.Expire), parseDuration)
+		case "notify":
+			q.Notify, err = parseSetting(d, p, once(&q.Notify), parseDurations(true))
+		case "concurrency":
+			q.Concurrency, err = parseInt(d, d.RemainingArgs())
+		case "destination_concurrency":
+			q.DestinationConcurrency, err = parseInt(d, d.RemainingArgs())
+		case "max_messages":
+			var n int
+			n, err = parseInt(d, d.RemainingArgs())
+			q.MaxMessages = int64(n)
+		case "max_size":
+			q.MaxSize, err = parseSize(d, d.RemainingArgs())
+		case "min_free":
+			q.MinFree, err = parseSize(d, d.RemainingArgs())
+		case "max_message_size":
+			q.MaxMessageSize, err = parseSize(d, d.RemainingArgs())
+		case "stop_grace":
+			q.StopGrace, err = parseDuration(d, d.RemainingArgs())
+		default:
+			return d.Errf("unknown queue option %q (known: path, retry, expire, notify, concurrency, destination_concurrency, max_messages, max_size, max_message_size, min_free, stop_grace)", key)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseDurations reads a list of durations; with noneOK, "none" is the
+// empty list.
+func parseDurations(noneOK bool) valueParser[[]caddy.Duration] {
+	return func(d *caddyfile.Dispenser, args []string) ([]caddy.Duration, error) {
+		if noneOK && len(args) == 1 && strings.EqualFold(args[0], "none") {
+			return []caddy.Duration{}, nil
+		}
+		if len(args) == 0 {
+			return nil, d.ArgErr()
+		}
+		out := make([]caddy.Duration, 0, len(args))
+		for _, a := range args {
+			dur, err := parseDuration(d, []string{a})
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, dur)
+		}
+		return out, nil
+	}
+}
+
+// parseSize reads a size in bytes, such as 10GB or 64MiB.
+func parseSize(d *caddyfile.Dispenser, args []string) (int64, error) {
+	if len(args) != 1 {
+		return 0, d.ArgErr()
+	}
+	n, err := humanize.ParseBytes(args[0])
+	if err != nil {
+		return 0, d.Errf("%q is not a size (such as 64MB or 10GiB): %v", args[0], err)
+	}
+	if n > 1<<62 {
+		return 0, d.Errf("%q is too large", args[0])
+	}
+	return int64(n), nil
+}

@@ -7,5 +7,7 @@ import (
 	_ "github.com/seed7b014b84/caddy-smtp/adminapi"
 	_ "github.com/seed7b014b84/caddy-smtp/httpsend"
 	_ "github.com/seed7b014b84/caddy-smtp/l4submission"
+	_ "github.com/seed7b014b84/caddy-smtp/queuecmd"
+	_ "github.com/seed7b014b84/caddy-smtp/queuepage"
 	_ "github.com/seed7b014b84/caddy-smtp/sendmail"
 )

@@ -1,6 +1,7 @@
 package caddysmtp
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -25,18 +26,34 @@ type QueueConfig struct {
 	// Retry is the delays between attempts: the first after the first
 	// attempt, and so on; the last repeats. Each is changed by up to 10%,
 	// up or down, so that messages deferred together do not all come back
-	// at once. Default: 5m 10m 20m 40m 1h20m 2h. Rule list, e.g. a shorter
-	// schedule for `source == 'dsn'`.
+	// at once. Default: 5m 10m 20m 40m 1h20m 2h, and for delivery status
+	// notifications (`source == 'dsn'`) 1m 5m 15m 30m 1h. Rule list.
 	Retry rules.Setting[[]caddy.Duration] `json:"retry,omitzero"`
 
 	// Expire is how long after its arrival a message that could not be
-	// delivered fails (and its sender is told). Default: 5d. Rule list.
+	// delivered fails (and its sender is told). Default: 5d, and 2d for
+	// delivery status notifications. Rule list.
 	Expire rules.Setting[caddy.Duration] `json:"expire,omitzero"`
 
 	// Notify is the ages of a message at which its sender is told it is
 	// delayed, while some recipient is still to be delivered. Default: 4h
 	// (once). An empty list sends no delay notice. Rule list.
 	Notify rules.Setting[[]caddy.Duration] `json:"notify,omitzero"`
+
+	// DSN is what the sender of a message that failed, is delayed, or
+	// (when it asked: NOTIFY=SUCCESS) was delivered, is told: "mail" (a
+	// delivery status notification, RFC 3464, sent to it from the null
+	// sender), "event" (no mail; an smtp.dsn event with the notice's
+	// fields, for applications that handle bounces themselves), or "none".
+	// Default: "mail". Rule list, e.g. per sender domain:
+	// [{"if": "sender_domain == 'app.example.org'", "then": "event"},
+	// {"else": "mail"}].
+	DSN rules.Setting[DSNMode] `json:"dsn,omitzero"`
+
+	// DSNTemplate is a file holding a Go text/template for the
+	// human-readable part of the notices, in place of the default (plain
+	// English); its data is documented in package dsn. Default: none.
+	DSNTemplate string `json:"dsn_template,omitempty"`
 
 	// Concurrency is the most transactions in flight at once. Default:
 	// 100.
@@ -74,6 +91,30 @@ type QueueConfig struct {
 	StopGrace caddy.Duration `json:"stop_grace,omitempty"`
 }
 
+// DSNMode is what a sender is told of its message's fate.
+type DSNMode string
+
+// The DSN modes.
+const (
+	DSNMail  DSNMode = "mail"
+	DSNEvent DSNMode = "event"
+	DSNNone  DSNMode = "none"
+)
+
+// UnmarshalJSON reads a mode's name.
+func (m *DSNMode) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want mail, event or none: %w", err)
+	}
+	switch v := DSNMode(strings.ToLower(s)); v {
+	case DSNMail, DSNEvent, DSNNone:
+		*m = v
+		return nil
+	}
+	return fmt.Errorf("unknown dsn mode %q (want mail, event or none)", s)
+}
+
 // The queue's defaults; the field comments explain them.
 var (
 	defaultRetry = []caddy.Duration{
@@ -81,7 +122,13 @@ var (
 		caddy.Duration(40 * time.Minute), caddy.Duration(80 * time.Minute), caddy.Duration(2 * time.Hour),
 	}
 	defaultExpire = caddy.Duration(5 * 24 * time.Hour)
-	defaultNotify = []caddy.Duration{caddy.Duration(4 * time.Hour)}
+	// The schedule of notices (source == 'dsn').
+	defaultDSNRetry = []caddy.Duration{
+		caddy.Duration(time.Minute), caddy.Duration(5 * time.Minute), caddy.Duration(15 * time.Minute),
+		caddy.Duration(30 * time.Minute), caddy.Duration(time.Hour),
+	}
+	defaultDSNExpire = caddy.Duration(2 * 24 * time.Hour)
+	defaultNotify    = []caddy.Duration{caddy.Duration(4 * time.Hour)}
 )
 
 const (
@@ -97,9 +144,21 @@ func (q *QueueConfig) setDefaults() {
 	if q.Path == "" {
 		q.Path = caddy.AppDataDir() + "/smtp/queue"
 	}
-	defaultSetting(&q.Retry, defaultRetry)
-	defaultSetting(&q.Expire, defaultExpire)
+	// Notices (source "dsn") have a short schedule of their own: a sender
+	// that cannot take its bounce for two days will not take it later.
+	dsnRule := "source == 'dsn'"
+	if q.Retry.IsZero() {
+		q.Retry = rules.List(
+			rules.Rule[[]caddy.Duration]{If: dsnRule, Then: &defaultDSNRetry},
+			rules.Rule[[]caddy.Duration]{Else: &defaultRetry})
+	}
+	if q.Expire.IsZero() {
+		q.Expire = rules.List(
+			rules.Rule[caddy.Duration]{If: dsnRule, Then: &defaultDSNExpire},
+			rules.Rule[caddy.Duration]{Else: &defaultExpire})
+	}
 	defaultSetting(&q.Notify, defaultNotify)
+	defaultSetting(&q.DSN, DSNMail)
 	if q.Concurrency == 0 {
 		q.Concurrency = defaultQueueConcurrency
 	}
@@ -123,6 +182,9 @@ func (q *QueueConfig) compile(env *rules.Env) error {
 		return err
 	}
 	if err := q.Expire.Compile("queue.expire", env); err != nil {
+		return err
+	}
+	if err := q.DSN.Compile("queue.dsn", env); err != nil {
 		return err
 	}
 	return q.Notify.Compile("queue.notify", env)
@@ -214,6 +276,8 @@ func (s schedule) Notify(v *rules.Vars) ([]time.Duration, error) {
 //		retry <duration>...          # or a rule block
 //		expire <duration>            # or a rule block
 //		notify <duration>...|none    # or a rule block
+//		dsn mail|event|none          # or a rule block
+//		dsn_template <file>
 //		concurrency <n>
 //		destination_concurrency <n>
 //		max_messages <n>
@@ -237,6 +301,10 @@ func parseQueue(d *caddyfile.Dispenser, p *ruleParser, q *QueueConfig) error {
 			q.Expire, err = parseSetting(d, p, once(&q.Expire), parseDuration)
 		case "notify":
 			q.Notify, err = parseSetting(d, p, once(&q.Notify), parseDurations(true))
+		case "dsn":
+			q.DSN, err = parseSetting(d, p, once(&q.DSN), parseDSNMode)
+		case "dsn_template":
+			q.DSNTemplate, err = oneArg(d)
 		case "concurrency":
 			q.Concurrency, err = parseInt(d, d.RemainingArgs())
 		case "destination_concurrency":
@@ -254,7 +322,7 @@ func parseQueue(d *caddyfile.Dispenser, p *ruleParser, q *QueueConfig) error {
 		case "stop_grace":
 			q.StopGrace, err = parseDuration(d, d.RemainingArgs())
 		default:
-			return d.Errf("unknown queue option %q (known: path, retry, expire, notify, concurrency, destination_concurrency, max_messages, max_size, max_message_size, min_free, stop_grace)", key)
+			return d.Errf("unknown queue option %q (known: path, retry, expire, notify, dsn, dsn_template, concurrency, destination_concurrency, max_messages, max_size, max_message_size, min_free, stop_grace)", key)
 		}
 		if err != nil {
 			return err
@@ -283,6 +351,17 @@ func parseDurations(noneOK bool) valueParser[[]caddy.Duration] {
 		}
 		return out, nil
 	}
+}
+
+func parseDSNMode(d *caddyfile.Dispenser, args []string) (DSNMode, error) {
+	if len(args) != 1 {
+		return "", d.ArgErr()
+	}
+	var m DSNMode
+	if err := m.UnmarshalJSON([]byte(fmt.Sprintf("%q", args[0]))); err != nil {
+		return "", d.WrapErr(err)
+	}
+	return m, nil
 }
 
 // parseSize reads a size in bytes, such as 10GB or 64MiB.

@@ -9,7 +9,6 @@
 package adminapi
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/seed7b014b84/caddy-smtp/delivery"
 	"github.com/seed7b014b84/caddy-smtp/queue"
+	"github.com/seed7b014b84/caddy-smtp/queueapi"
 	"github.com/seed7b014b84/caddy-smtp/transport"
 )
 
@@ -205,13 +205,18 @@ func (l *limitedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// manage serves the queue's listing and actions (see manage.go).
+// manage serves the queue's listing and actions (package queueapi).
 func manage(w http.ResponseWriter, r *http.Request, smtp App, rest string) error {
 	q := smtp.QueueRunning()
 	if q == nil {
 		return apiError(http.StatusServiceUnavailable, errors.New("the queue is not running"))
 	}
-	return serveManage(context.WithoutCancel(r.Context()), w, r, q, rest)
+	err := queueapi.Serve(w, r, q, rest)
+	var e *queueapi.Error
+	if errors.As(err, &e) {
+		return apiError(e.Status, e)
+	}
+	return err
 }
 
 // Interface guards

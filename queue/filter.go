@@ -36,6 +36,9 @@ func (f *Filter) Match(m *Message) bool {
 	if f.Source != "" && m.Source != f.Source {
 		return false
 	}
+	if f.HeldBy != "" && !(m.Held && (m.HoldReason == "hold rule "+f.HeldBy || strings.HasPrefix(m.HoldReason, "hold rule "+f.HeldBy+":"))) {
+		return false
+	}
 	if f.To == "" && f.Domain == "" && f.Destination == "" {
 		return true
 	}
@@ -58,7 +61,7 @@ func (f *Filter) Match(m *Message) bool {
 func (f *Filter) IsZero() bool {
 	return f == nil || (len(f.IDs) == 0 && f.From == "" && f.To == "" && f.Domain == "" && f.Destination == "" &&
 		f.State == "" && f.Held == nil && f.ArrivedBefore.IsZero() && f.ArrivedAfter.IsZero() &&
-		f.NextBefore.IsZero() && f.Source == "")
+		f.NextBefore.IsZero() && f.Source == "" && f.HeldBy == "")
 }
 
 // addrMatches compares an address with a pattern: an address (any case),

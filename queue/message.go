@@ -103,6 +103,31 @@ type Recipient struct {
 	// Reported is set once the recipient's final outcome was dealt with
 	// by a delivery status notification (sent, or not wanted).
 	Reported bool `json:"reported,omitempty"`
+	// History is the last attempts (at most maxHistory), oldest first.
+	History []Attempt `json:"history,omitempty"`
+}
+
+// Attempt is one delivery attempt of a recipient: when, where, and what
+// came of it.
+type Attempt struct {
+	At      time.Time        `json:"at"`
+	Host    string           `json:"host,omitempty"`
+	Address string           `json:"address,omitempty"`
+	State   State            `json:"state"`
+	Reply   *transport.Reply `json:"reply,omitempty"`
+	Error   string           `json:"error,omitempty"`
+}
+
+// maxHistory bounds a recipient's History.
+const maxHistory = 10
+
+// record adds an attempt to the recipient's history, dropping the oldest
+// past maxHistory.
+func (r *Recipient) record(a Attempt) {
+	r.History = append(r.History, a)
+	if n := len(r.History); n > maxHistory {
+		r.History = append(r.History[:0:0], r.History[n-maxHistory:]...)
+	}
 }
 
 // State returns the message's state (see State).

@@ -26,7 +26,15 @@ import (
 // (Message.Notified); the notices are added in the same transaction that
 // records this, so none is lost or sent twice. Called with am.mu held.
 func (q *Queue) notices(cfg *Config, am *activeMsg) []Notice {
-	m := am.lease.Message
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return q.noticesFor(ctx, cfg, am.lease.Message, am.body)
+}
+
+// noticesFor is notices for a message that is not leased (an
+// administrator's bounce) or whose body is at hand (body; nil opens it
+// when a notice needs it).
+func (q *Queue) noticesFor(ctx context.Context, cfg *Config, m *Message, body Body) []Notice {
 	if cfg == nil {
 		return nil
 	}
@@ -55,14 +63,11 @@ func (q *Queue) notices(cfg *Config, am *activeMsg) []Notice {
 	if len(news) == 0 || cfg.Notifier == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var body Body
-	if am.body != nil {
-		body = am.body
-	} else if b, err := q.store.Body(ctx, m.ID); err == nil {
-		body = b
-		defer b.Close()
+	if body == nil {
+		if b, err := q.store.Body(ctx, m.ID); err == nil {
+			body = b
+			defer b.Close()
+		}
 	}
 	notices, err := cfg.Notifier.Notices(ctx, m, body, news)
 	if err != nil {

@@ -83,9 +83,6 @@ type Config struct {
 	Logger *zap.Logger
 	// Emit sends a Caddy event; nil sends none.
 	Emit func(name string, data map[string]any)
-	// Hold, if set, is asked for every new message: a non-empty reason
-	// holds it (the admin API's hold rules).
-	Hold func(m *Message) string
 }
 
 func (c *Config) setDefaults() {
@@ -140,6 +137,8 @@ type Queue struct {
 
 	mu       sync.Mutex
 	active   map[string]*activeMsg
+	pending  map[string]pendingAction
+	holds    []HoldRule
 	dests    map[string]*destination
 	ring     []*destination // destinations with jobs waiting, in turn
 	inflight int
@@ -153,13 +152,14 @@ type Queue struct {
 // New returns a queue over store. Call SetConfig, then Start.
 func New(store Store) *Queue {
 	q := &Queue{
-		store:  store,
-		now:    time.Now,
-		wakeCh: make(chan struct{}, 1),
-		active: map[string]*activeMsg{},
-		dests:  map[string]*destination{},
-		done:   make(chan struct{}),
-		closed: make(chan struct{}),
+		store:   store,
+		now:     time.Now,
+		wakeCh:  make(chan struct{}, 1),
+		active:  map[string]*activeMsg{},
+		pending: map[string]pendingAction{},
+		dests:   map[string]*destination{},
+		done:    make(chan struct{}),
+		closed:  make(chan struct{}),
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.jobCtx, q.jobCancel = context.WithCancel(context.Background())
@@ -318,10 +318,8 @@ func (q *Queue) Enqueue(ctx context.Context, msg *delivery.Message) (string, err
 	for _, r := range msg.To {
 		m.Recipients = append(m.Recipients, Recipient{Addr: r.Addr, Notify: r.Notify, ORCPT: r.ORCPT, State: Pending, NextAttempt: now})
 	}
-	if cfg != nil && cfg.Hold != nil {
-		if why := cfg.Hold(m); why != "" {
-			m.Held, m.HoldReason = true, why
-		}
+	if why := q.holdFor(m); why != "" {
+		m.Held, m.HoldReason = true, why
 	}
 	body := msg.Reader
 	if body == nil {

@@ -55,6 +55,9 @@ type activeMsg struct {
 	// pending counts the jobs not ended.
 	pending int
 	stale   bool
+	// releasing is set (under the queue's lock) once the release began:
+	// an action asked for from then on is applied to the stored message.
+	releasing bool
 	// body is opened by the first job and closed at release.
 	bodyOnce sync.Once
 	body     Body
@@ -99,6 +102,13 @@ func (q *Queue) run() {
 	defer close(q.done)
 	renew := time.NewTicker(5 * time.Second)
 	defer renew.Stop()
+	holds := time.NewTicker(holdsTick)
+	defer holds.Stop()
+	if err := q.loadHolds(q.ctx); err != nil {
+		if cfg := q.config(); cfg != nil {
+			cfg.Logger.Error("reading the hold rules", zap.Error(err))
+		}
+	}
 	var wakeStore <-chan struct{}
 	if w, ok := q.store.(Waker); ok {
 		wakeStore = w.Wake()
@@ -145,6 +155,10 @@ func (q *Queue) run() {
 		case <-timer.C:
 		case <-renew.C:
 			q.renew()
+		case <-holds.C:
+			if err := q.loadHolds(q.ctx); err == nil {
+				q.expireHolds(q.ctx)
+			}
 		}
 	}
 }
@@ -270,6 +284,15 @@ func (q *Queue) route(cfg *Config, am *activeMsg, due []int) {
 	if len(due) == 0 {
 		// Nothing due: a message whose last attempt ended without its
 		// release (a crash) has notices to make, or nothing to do.
+		q.release(am)
+		return
+	}
+	if why := q.holdFor(m); why != "" {
+		// A hold rule came while the message was queued, or in delivery.
+		q.undoUntried(am)
+		am.mu.Lock()
+		m.Held, m.HoldReason = true, why
+		am.mu.Unlock()
 		q.release(am)
 		return
 	}
@@ -575,6 +598,7 @@ func (q *Queue) apply(cfg *Config, j *job, reports []delivery.RecipientReport, s
 				r.NextAttempt = next
 			}
 		}
+		r.record(Attempt{At: now, Host: rr.Host, Address: rr.Address, State: r.State, Reply: rr.Reply, Error: rr.Error})
 		outs = append(outs, outcome{r: *r, rr: rr, expired: expired})
 	}
 	var err error
@@ -710,7 +734,13 @@ func (q *Queue) release(am *activeMsg) {
 	if am.stale {
 		return
 	}
-	notices := q.notices(cfg, am)
+	if q.applyPending(cfg, am) {
+		am.lease.Remove = true
+	}
+	var notices []Notice
+	if !am.lease.Remove {
+		notices = q.notices(cfg, am)
+	}
 	m.NextAttempt = m.nextAttempt()
 	if cfg != nil && !m.NextAttempt.IsZero() {
 		if n := nextNotify(cfg, m, q.now()); !n.IsZero() && n.Before(m.NextAttempt) {

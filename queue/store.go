@@ -52,8 +52,8 @@ type Store interface {
 	Save(ctx context.Context, l *Lease) error
 
 	// Release ends the lease, writing l.Message as it is, with its
-	// NextAttempt. A message whose recipients are all final is removed,
-	// body included. The notices (new messages, such as delivery status
+	// NextAttempt and Held. A message whose recipients are all final (or
+	// whose lease says Remove) is removed, body included. The notices (new messages, such as delivery status
 	// notifications) are added in the same transaction, so that they are
 	// made exactly once.
 	Release(ctx context.Context, l *Lease, notices []Notice) error
@@ -74,11 +74,17 @@ type Store interface {
 	// writes what fn leaves: the message as changed (Held and NextAttempt
 	// included), removed when fn says so, with notices added in the same
 	// transaction. It returns how many messages fn changed or removed, and
-	// how many matching messages it skipped because they were leased.
-	Modify(ctx context.Context, f *Filter, fn func(m *Message) Change) (touched, busy int, err error)
+	// the IDs of the matching messages it skipped because they were leased.
+	Modify(ctx context.Context, f *Filter, fn func(m *Message) Change) (touched int, busy []string, err error)
 
 	// Stats returns the queue's counts.
 	Stats(ctx context.Context) (Stats, error)
+
+	// Holds returns the hold rules; PutHold adds one (or replaces the one
+	// with its ID); DeleteHold removes one, and says whether it was there.
+	Holds(ctx context.Context) ([]HoldRule, error)
+	PutHold(ctx context.Context, h HoldRule) error
+	DeleteHold(ctx context.Context, id string) (bool, error)
 
 	// Close closes the store. Leases are forgotten.
 	Close() error
@@ -107,6 +113,9 @@ type Lease struct {
 	Token string
 	// Until is when the lease expires, unless renewed.
 	Until time.Time
+	// Remove makes Release remove the message whatever its state (an
+	// administrator deleted it during the attempt).
+	Remove bool
 }
 
 // Notice is a message made by the queue (a delivery status notification)
@@ -162,6 +171,8 @@ type Filter struct {
 	NextBefore time.Time
 	// Source selects messages by where they came from.
 	Source string
+	// HeldBy selects the messages a hold rule holds, by the rule's ID.
+	HeldBy string
 }
 
 // Errors of the stores.
@@ -174,3 +185,42 @@ var (
 	// the error.
 	ErrCorrupt = errors.New("corrupt queue record")
 )
+
+// HoldRule holds the messages it matches, queued and new, until it is
+// removed or expires (as mox's hold rules do). Empty fields match
+// everything; a rule with none matches every message.
+type HoldRule struct {
+	ID string `json:"id"`
+	// SenderDomain, RecipientDomain and Destination select messages:
+	// by the sender's domain, a recipient's domain, or a recipient's
+	// destination (or one of its hosts).
+	SenderDomain    string `json:"sender_domain,omitempty"`
+	RecipientDomain string `json:"recipient_domain,omitempty"`
+	Destination     string `json:"destination,omitempty"`
+	// Comment says why, for the listing and the messages' hold reason.
+	Comment string `json:"comment,omitempty"`
+	// Created is when the rule was made; Expires, if set, when it ends.
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// Reason is the hold reason of the messages the rule holds.
+func (h HoldRule) Reason() string {
+	r := "hold rule " + h.ID
+	if h.Comment != "" {
+		r += ": " + h.Comment
+	}
+	return r
+}
+
+// Filter is the filter that selects the queued messages the rule matches.
+func (h HoldRule) Filter() *Filter {
+	f := &Filter{Destination: h.Destination, Domain: h.RecipientDomain}
+	if h.SenderDomain != "" {
+		f.From = "@" + h.SenderDomain
+	}
+	return f
+}
+
+// Matches reports whether the rule holds m.
+func (h HoldRule) Matches(m *Message) bool { return h.Filter().Match(m) }

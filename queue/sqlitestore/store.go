@@ -191,6 +191,7 @@ func (s *Store) migrate() error {
 		)`,
 		`CREATE INDEX IF NOT EXISTS messages_due ON messages (priority, next_attempt) WHERE next_attempt IS NOT NULL AND held = 0`,
 		`CREATE INDEX IF NOT EXISTS messages_state ON messages (state, arrived, size)`,
+		`CREATE TABLE IF NOT EXISTS holds (id TEXT PRIMARY KEY, data BLOB NOT NULL)`,
 	}
 	tx, err := s.db.Begin()
 	if err != nil {
@@ -694,7 +695,7 @@ func (s *Store) Release(ctx context.Context, l *queue.Lease, notices []queue.Not
 	if err != nil {
 		return err
 	}
-	remove := m.Done()
+	remove := m.Done() || l.Remove
 	var data []byte
 	if !remove {
 		if data, err = json.Marshal(m); err != nil {
@@ -925,8 +926,9 @@ func (s *Store) List(ctx context.Context, f *queue.Filter, limit int, cursor str
 }
 
 // Modify changes the matching messages that are not leased.
-func (s *Store) Modify(ctx context.Context, f *queue.Filter, fn func(*queue.Message) queue.Change) (int, int, error) {
-	touched, busy := 0, 0
+func (s *Store) Modify(ctx context.Context, f *queue.Filter, fn func(*queue.Message) queue.Change) (int, []string, error) {
+	touched := 0
+	var busy []string
 	cursor := ""
 	for {
 		page, next, err := s.List(ctx, f, listPage, cursor)
@@ -938,7 +940,7 @@ func (s *Store) Modify(ctx context.Context, f *queue.Filter, fn func(*queue.Mess
 			_, leased := s.leases[m.ID]
 			s.mu.Unlock()
 			if leased {
-				busy++
+				busy = append(busy, m.ID)
 				continue
 			}
 			ch := fn(m)
@@ -947,7 +949,7 @@ func (s *Store) Modify(ctx context.Context, f *queue.Filter, fn func(*queue.Mess
 			}
 			if err := s.apply(ctx, m, ch); err != nil {
 				if errors.Is(err, queue.ErrStaleLease) {
-					busy++
+					busy = append(busy, m.ID)
 					continue
 				}
 				return touched, busy, err
@@ -1031,6 +1033,54 @@ func (s *Store) Stats(ctx context.Context) (queue.Stats, error) {
 		}
 	}
 	return st, rows.Err()
+}
+
+// Holds returns the hold rules.
+func (s *Store) Holds(ctx context.Context) ([]queue.HoldRule, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT data FROM holds ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []queue.HoldRule
+	for rows.Next() {
+		var data []byte
+		if err := rows.Scan(&data); err != nil {
+			return nil, err
+		}
+		var h queue.HoldRule
+		if err := json.Unmarshal(data, &h); err != nil {
+			return nil, fmt.Errorf("%w: a hold rule: %v", queue.ErrCorrupt, err)
+		}
+		out = append(out, h)
+	}
+	return out, rows.Err()
+}
+
+// PutHold adds or replaces a hold rule.
+func (s *Store) PutHold(ctx context.Context, h queue.HoldRule) error {
+	data, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	return classify(s.do(ctx, &op{fn: func(tx *sql.Tx) error {
+		_, err := tx.Exec(`INSERT INTO holds (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data`, h.ID, data)
+		return err
+	}}))
+}
+
+// DeleteHold removes a hold rule.
+func (s *Store) DeleteHold(ctx context.Context, id string) (bool, error) {
+	var n int64
+	err := s.do(ctx, &op{fn: func(tx *sql.Tx) error {
+		res, err := tx.Exec(`DELETE FROM holds WHERE id = ?`, id)
+		if err != nil {
+			return err
+		}
+		n, _ = res.RowsAffected()
+		return nil
+	}})
+	return n > 0, classify(err)
 }
 
 // Counts returns the message count and total size without a query (for

@@ -89,6 +89,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Modify", func(t *testing.T) { testModify(t, open) })
 	t.Run("Stats", func(t *testing.T) { testStats(t, open) })
 	t.Run("Reopen", func(t *testing.T) { testReopen(t, open) })
+	t.Run("Holds", func(t *testing.T) { testHolds(t, open) })
 }
 
 func testAddGetBody(t *testing.T, open Opener) {
@@ -424,7 +425,7 @@ func testModify(t *testing.T, open Opener) {
 	})
 	require.NoError(t, err)
 	assert.Equal(t, 5, touched)
-	assert.Equal(t, 1, busy)
+	assert.Equal(t, []string{leases[0].Message.ID}, busy)
 	held := true
 	got, _, err := s.List(t.Context(), &queue.Filter{Held: &held}, 100, "")
 	require.NoError(t, err)
@@ -496,4 +497,39 @@ func testReopen(t *testing.T, open Opener) {
 	require.NoError(t, err)
 	assert.Equal(t, int64(2), st.Messages)
 	assert.Equal(t, int64(300004), st.Bytes)
+}
+
+func testHolds(t *testing.T, open Opener) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	holds, err := s.Holds(t.Context())
+	require.NoError(t, err)
+	assert.Empty(t, holds)
+	h1 := queue.HoldRule{ID: "h1", RecipientDomain: "gmail.com", Comment: "a block", Created: base, Expires: base.Add(time.Hour)}
+	h2 := queue.HoldRule{ID: "h2", SenderDomain: "news.example.org", Created: base}
+	require.NoError(t, s.PutHold(t.Context(), h1))
+	require.NoError(t, s.PutHold(t.Context(), h2))
+	h1.Comment = "changed"
+	require.NoError(t, s.PutHold(t.Context(), h1))
+	require.NoError(t, s.Close())
+	s = open(t, dir)
+	holds, err = s.Holds(t.Context())
+	require.NoError(t, err)
+	require.Len(t, holds, 2)
+	assert.Equal(t, "changed", holds[0].Comment)
+	assert.True(t, holds[0].Expires.Equal(base.Add(time.Hour)))
+	ok, err := s.DeleteHold(t.Context(), "h1")
+	require.NoError(t, err)
+	assert.True(t, ok)
+	ok, err = s.DeleteHold(t.Context(), "h1")
+	require.NoError(t, err)
+	assert.False(t, ok)
+	holds, err = s.Holds(t.Context())
+	require.NoError(t, err)
+	assert.Len(t, holds, 1)
+
+	m := NewMessage("x", base, "a@news.example.org", "b@gmail.com")
+	assert.True(t, h2.Matches(m))
+	assert.True(t, h1.Matches(m))
+	assert.False(t, queue.HoldRule{RecipientDomain: "example.net"}.Matches(m))
 }

@@ -38,6 +38,7 @@ func adapt(t *testing.T, path string) ([]byte, error) {
 func TestCaddyfileGolden(t *testing.T) {
 	t.Setenv("SMTP_HOSTNAME", "mx.example.org")
 	t.Setenv("SMTP_RELAY_SECRET", "s3cret")
+	t.Setenv("SMTP_QUEUE_URL", "postgres://caddy:secret@db.example.org/mail")
 	pairs := map[string]string{"examples/Caddyfile": "examples/caddy.json"}
 	for _, glob := range []string{"examples/reference/*.caddyfile", "testdata/caddyfile/*.caddyfile"} {
 		files, err := filepath.Glob(glob)
@@ -108,6 +109,9 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"queue bad retry", "smtp {\n\tqueue {\n\t\tretry 5m soon\n\t}\n}", ":4", `"soon" is not a duration`},
 		{"queue bad size", "smtp {\n\tqueue {\n\t\tmax_size lots\n\t}\n}", ":4", `"lots" is not a size`},
 		{"queue twice", "smtp {\n\tqueue {\n\t}\n\tqueue {\n\t}\n}", ":5", "queue is given twice"},
+		{"unknown store", "smtp {\n\tqueue {\n\t\tstore redis\n\t}\n}", ":4", "smtp.queue.stores.redis"},
+		{"postgres unknown option", "smtp {\n\tqueue {\n\t\tstore postgres {\n\t\t\tdsn x\n\t\t}\n\t}\n}", ":5", `unknown postgres store option "dsn"`},
+		{"bad dsn mode", "smtp {\n\tqueue {\n\t\tdsn always\n\t}\n}", ":4", `unknown dsn mode "always"`},
 		{"queue retry twice", "smtp {\n\tqueue {\n\t\tretry 1m\n\t\tretry 2m\n\t}\n}", ":5", "retry is given twice"},
 	}
 	for _, tt := range tests {

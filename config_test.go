@@ -236,6 +236,12 @@ func TestInvalidConfigs(t *testing.T) {
 		{"queue negative concurrency", `{"queue": {"concurrency": -1}}`, []string{"queue.concurrency", "negative"}},
 		{"queue negative max_size", `{"queue": {"max_size": -5}}`, []string{"queue.max_size", "negative"}},
 		{"queue concurrency not a number", `{"queue": {"concurrency": "many"}}`, []string{"queue.concurrency"}},
+		{"queue store unknown module", `{"queue": {"store": {"module": "redis"}}}`, []string{"queue.store", "smtp.queue.stores.redis"}},
+		{"queue store postgres without url", `{"queue": {"store": {"module": "postgres"}}}`, []string{"queue.store", "url: required"}},
+		{"queue store postgres bad url", `{"queue": {"store": {"module": "postgres", "url": "mysql://x"}}}`, []string{"url: not a postgres:// URL"}},
+		{"queue store and path", `{"queue": {"path": "/tmp/q", "store": {"module": "sqlite"}}}`, []string{"queue: path and min_free"}},
+		{"queue lease too short", `{"queue": {"lease": "10ms"}}`, []string{"queue.lease", "under a second"}},
+		{"queue dsn mode", `{"queue": {"dsn": "always"}}`, []string{"queue.dsn", "unknown dsn mode"}},
 		{"not an object", `["smtp"]`, []string{"want an object"}},
 	}
 	require.GreaterOrEqual(t, len(tests), 25)

@@ -117,6 +117,8 @@ type App struct {
 	// back to the pool.
 	queue        *queue.Queue
 	releaseQueue func()
+	// store is the queue's store module.
+	store queue.StoreModule
 }
 
 // The defaults Provision sets; the field comments explain each choice.
@@ -184,6 +186,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := a.Queue.compile(a.env); err != nil {
+		return err
+	}
+	if err := a.provisionStore(); err != nil {
 		return err
 	}
 	if err := a.provisionResolver(); err != nil {

@@ -2,8 +2,8 @@ package caddysmtp
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -11,7 +11,8 @@ import (
 
 	"github.com/seed7b014b84/caddy-smtp/delivery"
 	"github.com/seed7b014b84/caddy-smtp/queue"
-	"github.com/seed7b014b84/caddy-smtp/queue/sqlitestore"
+	_ "github.com/seed7b014b84/caddy-smtp/queue/pgstore"     // the postgres store module
+	_ "github.com/seed7b014b84/caddy-smtp/queue/sqlitestore" // the embedded store module
 	"github.com/seed7b014b84/caddy-smtp/rules"
 	"github.com/seed7b014b84/caddy-smtp/transport"
 )
@@ -39,20 +40,43 @@ func (h *queueHandle) Destruct() error {
 	return nil
 }
 
-// queueKey names a queue in the pool: its store.
-func (a *App) queueKey() string {
-	return "sqlite:" + filepath.Clean(a.Queue.Path)
+// provisionStore loads the queue's store module: the one configured, or
+// the embedded store, with queue.path and queue.min_free.
+func (a *App) provisionStore() error {
+	q := a.Queue
+	if q.StoreRaw == nil {
+		raw, err := json.Marshal(map[string]any{"module": "sqlite", "path": q.Path, "min_free": q.MinFree})
+		if err != nil {
+			return err
+		}
+		q.StoreRaw = raw
+		defer func() { q.StoreRaw = nil }() // the config stays as given
+	} else if q.Path != "" || q.MinFree != 0 {
+		return fmt.Errorf("queue: path and min_free are shorthands of the embedded store's; with store, set them in it")
+	}
+	mod, err := a.ctx.LoadModule(q, "StoreRaw")
+	if err != nil {
+		return fmt.Errorf("queue.store: %w", err)
+	}
+	store, ok := mod.(queue.StoreModule)
+	if !ok {
+		return fmt.Errorf("queue.store: module %T is no queue store", mod)
+	}
+	a.store = store
+	return nil
 }
 
 // startQueue takes the config's queue from the pool (opening its store the
 // first time) and gives it this config's settings.
 func (a *App) startQueue() error {
-	key := a.queueKey()
+	key := a.store.StoreKey()
 	grace := time.Duration(a.Queue.StopGrace)
 	v, _, err := queues.LoadOrNew(key, func() (caddy.Destructor, error) {
-		store, err := sqlitestore.Open(a.Queue.Path, sqlitestore.Options{MinFree: a.Queue.MinFree})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		store, err := a.store.OpenStore(ctx, a.logger.Named("queue.store"))
 		if err != nil {
-			return nil, fmt.Errorf("queue.path: %w", err)
+			return nil, fmt.Errorf("queue.store: %w", err)
 		}
 		q := queue.New(store)
 		return &queueHandle{q: q, grace: grace}, nil
@@ -76,6 +100,7 @@ func (a *App) queueConfig() queue.Config {
 		Deliverer:              a,
 		Policy:                 schedule{q},
 		Concurrency:            q.Concurrency,
+		Lease:                  time.Duration(q.Lease),
 		DestinationConcurrency: q.DestinationConcurrency,
 		MaxMessages:            q.MaxMessages,
 		MaxSize:                q.MaxSize,

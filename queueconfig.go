@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
 
@@ -17,10 +18,17 @@ import (
 // QueueConfig is the outbound queue: where it is kept, when it retries,
 // when it gives up, how much it sends at once and how much it holds.
 type QueueConfig struct {
-	// Path is the folder of the queue (an SQLite database, and the bodies
-	// of large messages). Default: smtp/queue in Caddy's data directory
-	// ($XDG_DATA_HOME/caddy, or ~/.local/share/caddy). Configs with the
-	// same path share one queue across reloads.
+	// StoreRaw is where the queue is kept: a module of the
+	// smtp.queue.stores namespace, {"module": "sqlite", "path": ...} (the
+	// embedded store, the default) or {"module": "postgres", "url": ...}
+	// (one queue shared by several Caddy instances). Configs with the same
+	// store share one queue across reloads.
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=smtp.queue.stores inline_key=module"`
+
+	// Path is the folder of the embedded store (an SQLite database, and
+	// the bodies of large messages): a shorthand for {"store": {"module":
+	// "sqlite", "path": ...}}. Default: smtp/queue in Caddy's data
+	// directory ($XDG_DATA_HOME/caddy, or ~/.local/share/caddy).
 	Path string `json:"path,omitempty"`
 
 	// Retry is the delays between attempts: the first after the first
@@ -79,11 +87,17 @@ type QueueConfig struct {
 	// handler and smtp_send have limits of their own). Default: 64 MiB.
 	MaxMessageSize int64 `json:"max_message_size,omitempty"`
 
-	// MinFree is the free space, in bytes, kept on the queue's file system:
-	// below it, new messages are refused for now, so that the deliveries
-	// under way can still record their results (and free space). Default:
-	// 64 MiB.
+	// MinFree is the free space, in bytes, kept on the embedded store's
+	// file system: below it, new messages are refused for now, so that the
+	// deliveries under way can still record their results (and free
+	// space). A shorthand for the sqlite store's min_free. Default: 64 MiB.
 	MinFree int64 `json:"min_free,omitempty"`
+
+	// Lease is how long a message is leased to this instance for an
+	// attempt; the lease is renewed every third of it while the attempt
+	// runs. With a shared store, a message whose instance died is taken
+	// over by another once its lease has expired. Default: 1m.
+	Lease caddy.Duration `json:"lease,omitempty"`
 
 	// StopGrace is how long deliveries in flight may take to finish when
 	// Caddy stops; those still running then are cut, and their messages
@@ -134,16 +148,13 @@ var (
 const (
 	defaultQueueConcurrency       = 100
 	defaultDestinationConcurrency = 20
-	defaultMinFree                = 64 << 20
+	defaultLease                  = time.Minute
 	defaultMaxMessageSize         = 64 << 20
 	defaultStopGrace              = 10 * time.Second
 )
 
 // setDefaults fills the queue's unset settings.
 func (q *QueueConfig) setDefaults() {
-	if q.Path == "" {
-		q.Path = caddy.AppDataDir() + "/smtp/queue"
-	}
 	// Notices (source "dsn") have a short schedule of their own: a sender
 	// that cannot take its bounce for two days will not take it later.
 	dsnRule := "source == 'dsn'"
@@ -165,8 +176,8 @@ func (q *QueueConfig) setDefaults() {
 	if q.DestinationConcurrency == 0 {
 		q.DestinationConcurrency = defaultDestinationConcurrency
 	}
-	if q.MinFree == 0 {
-		q.MinFree = defaultMinFree
+	if q.Lease == 0 {
+		q.Lease = caddy.Duration(defaultLease)
 	}
 	if q.MaxMessageSize == 0 {
 		q.MaxMessageSize = defaultMaxMessageSize
@@ -206,6 +217,9 @@ func (q *QueueConfig) validate() error {
 	}
 	if q.StopGrace < 0 {
 		return fmt.Errorf("queue.stop_grace: %v is negative", time.Duration(q.StopGrace))
+	}
+	if q.Lease < caddy.Duration(time.Second) {
+		return fmt.Errorf("queue.lease: %v is under a second", time.Duration(q.Lease))
 	}
 	if err := q.Retry.Each("queue.retry", func(path string, v *[]caddy.Duration) error {
 		if len(*v) == 0 {
@@ -273,6 +287,8 @@ func (s schedule) Notify(v *rules.Vars) ([]time.Duration, error) {
 //
 //	queue {
 //		path <folder>
+//		store <module> { ... }       # sqlite (the default) or postgres
+//		lease <duration>
 //		retry <duration>...          # or a rule block
 //		expire <duration>            # or a rule block
 //		notify <duration>...|none    # or a rule block
@@ -295,6 +311,13 @@ func parseQueue(d *caddyfile.Dispenser, p *ruleParser, q *QueueConfig) error {
 		switch key := d.Val(); key {
 		case "path":
 			q.Path, err = oneArg(d)
+		case "store":
+			if q.StoreRaw != nil {
+				return d.Err("store is given twice")
+			}
+			q.StoreRaw, err = parseStore(d)
+		case "lease":
+			q.Lease, err = parseDuration(d, d.RemainingArgs())
 		case "retry":
 			q.Retry, err = parseSetting(d, p, once(&q.Retry), parseDurations(false))
 		case "expire":
@@ -322,7 +345,7 @@ func parseQueue(d *caddyfile.Dispenser, p *ruleParser, q *QueueConfig) error {
 		case "stop_grace":
 			q.StopGrace, err = parseDuration(d, d.RemainingArgs())
 		default:
-			return d.Errf("unknown queue option %q (known: path, retry, expire, notify, dsn, dsn_template, concurrency, destination_concurrency, max_messages, max_size, max_message_size, min_free, stop_grace)", key)
+			return d.Errf("unknown queue option %q (known: path, store, lease, retry, expire, notify, dsn, dsn_template, concurrency, destination_concurrency, max_messages, max_size, max_message_size, min_free, stop_grace)", key)
 		}
 		if err != nil {
 			return err
@@ -351,6 +374,20 @@ func parseDurations(noneOK bool) valueParser[[]caddy.Duration] {
 		}
 		return out, nil
 	}
+}
+
+// parseStore reads `store <module> [...] { ... }` with the module's own
+// Caddyfile syntax.
+func parseStore(d *caddyfile.Dispenser) (json.RawMessage, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	name := d.Val()
+	um, err := caddyfile.UnmarshalModule(d, "smtp.queue.stores."+name)
+	if err != nil {
+		return nil, err
+	}
+	return caddyconfig.JSONModuleObject(um, "module", name, nil), nil
 }
 
 func parseDSNMode(d *caddyfile.Dispenser, args []string) (DSNMode, error) {

@@ -80,6 +80,24 @@ func (q *Queue) Act(ctx context.Context, f *Filter, a Action, reason string) (Ac
 	}
 	touched, busy, err := q.store.Modify(ctx, f, fn)
 	res.Touched = touched
+	if pa, ok := q.store.(PendingActions); ok && err == nil {
+		// Messages leased by any instance: recorded in the store, applied
+		// at their release by whichever instance holds them.
+		var again []string
+		for _, id := range busy {
+			recorded, perr := pa.SetPending(ctx, id, a, reason)
+			switch {
+			case perr != nil:
+				err = perr
+			case recorded:
+				res.Touched++
+				res.Deferred++
+			default:
+				again = append(again, id)
+			}
+		}
+		busy = again
+	}
 	// The messages in delivery get the action at their release; those
 	// whose release is under way are tried again once it is done.
 	for try := 0; len(busy) > 0 && err == nil && try < 100; try++ {
@@ -105,6 +123,18 @@ func (q *Queue) Act(ctx context.Context, f *Filter, a Action, reason string) (Ac
 	}
 	q.wake()
 	return res, err
+}
+
+// PendingActions is a Store shared by instances that keeps the actions
+// asked for on messages in delivery (on any instance), for whichever
+// instance holds them to apply at their release.
+type PendingActions interface {
+	// SetPending records action on message id if it is leased; false:
+	// it is not (any more), and the action can be applied now.
+	SetPending(ctx context.Context, id string, a Action, reason string) (bool, error)
+	// TakePending returns, and clears, the action recorded on a leased
+	// message; "" when there is none.
+	TakePending(ctx context.Context, l *Lease) (Action, string, error)
 }
 
 // pendingAction is an action on a message that was in delivery.
@@ -207,6 +237,14 @@ func (q *Queue) applyPending(cfg *Config, am *activeMsg) (remove bool) {
 	p, ok := q.pending[am.lease.Message.ID]
 	delete(q.pending, am.lease.Message.ID)
 	q.mu.Unlock()
+	if pa, isPA := q.store.(PendingActions); isPA && !ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		a, reason, err := pa.TakePending(ctx, am.lease)
+		cancel()
+		if err == nil && a != "" {
+			p, ok = pendingAction{action: a, reason: reason}, true
+		}
+	}
 	if !ok || cfg == nil {
 		return false
 	}

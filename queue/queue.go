@@ -135,16 +135,21 @@ type Queue struct {
 	jobCancel context.CancelFunc
 	jobs      sync.WaitGroup
 
-	mu       sync.Mutex
-	active   map[string]*activeMsg
-	pending  map[string]pendingAction
-	holds    []HoldRule
-	dests    map[string]*destination
-	ring     []*destination // destinations with jobs waiting, in turn
-	inflight int
-	paused   bool
-	started  bool
-	stopping bool
+	mu      sync.Mutex
+	active  map[string]*activeMsg
+	pending map[string]pendingAction
+	holds   []HoldRule
+	// shared is set when the store shares destination limits with other
+	// instances (Limiter); deadSinceSync are the suspensions to tell it.
+	shared        bool
+	deadSinceSync map[string]Suspension
+	syncNow       chan struct{}
+	dests         map[string]*destination
+	ring          []*destination // destinations with jobs waiting, in turn
+	inflight      int
+	paused        bool
+	started       bool
+	stopping      bool
 
 	metrics counters
 }
@@ -163,6 +168,7 @@ func New(store Store) *Queue {
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.jobCtx, q.jobCancel = context.WithCancel(context.Background())
+	_, q.shared = store.(Limiter)
 	return q
 }
 
@@ -244,6 +250,15 @@ func (q *Queue) Stopped() bool {
 func (q *Queue) wake() {
 	select {
 	case q.wakeCh <- struct{}{}:
+	default:
+	}
+}
+
+// syncSoon asks the scheduler to sync the destinations' limits with a
+// shared store now, not at the next tick.
+func (q *Queue) syncSoon() {
+	select {
+	case q.syncNow <- struct{}{}:
 	default:
 	}
 }

@@ -58,6 +58,8 @@ type activeMsg struct {
 	// releasing is set (under the queue's lock) once the release began:
 	// an action asked for from then on is applied to the stored message.
 	releasing bool
+	// ctx is the context of its deliveries, which ends with the lease.
+	ctx *leaseCtx
 	// body is opened by the first job and closed at release.
 	bodyOnce sync.Once
 	body     Body
@@ -85,6 +87,10 @@ type destination struct {
 	lastError      string
 	lastClass      string
 	lastReply      *transport.Reply
+	// granted is what a shared store granted this instance of the
+	// destination's cap; synced says a grant came.
+	granted int
+	synced  bool
 }
 
 // maxActive bounds the messages leased at once.
@@ -100,10 +106,21 @@ const leaseBatch = 256
 
 func (q *Queue) run() {
 	defer close(q.done)
-	renew := time.NewTicker(5 * time.Second)
+	renewEvery := 5 * time.Second
+	if cfg := q.config(); cfg != nil {
+		renewEvery = min(renewEvery, max(cfg.Lease/4, 100*time.Millisecond))
+	}
+	renew := time.NewTicker(renewEvery)
 	defer renew.Stop()
 	holds := time.NewTicker(holdsTick)
 	defer holds.Stop()
+	lim, _ := q.store.(Limiter)
+	var limits <-chan time.Time
+	if lim != nil {
+		t := time.NewTicker(LimitSync)
+		defer t.Stop()
+		limits = t.C
+	}
 	if err := q.loadHolds(q.ctx); err != nil {
 		if cfg := q.config(); cfg != nil {
 			cfg.Logger.Error("reading the hold rules", zap.Error(err))
@@ -159,6 +176,10 @@ func (q *Queue) run() {
 			if err := q.loadHolds(q.ctx); err == nil {
 				q.expireHolds(q.ctx)
 			}
+		case <-limits:
+			q.syncLimits(lim)
+		case <-q.syncNow:
+			q.syncLimits(lim)
 		}
 	}
 }
@@ -188,7 +209,7 @@ func (q *Queue) activate() (more bool, err error) {
 	}
 	for _, l := range leases {
 		mark := marks[l.Message.ID]
-		am := &activeMsg{lease: l, orig: mark.orig, tried: map[int]bool{}}
+		am := &activeMsg{lease: l, orig: mark.orig, tried: map[int]bool{}, ctx: newLeaseCtx(q.jobCtx, l.Until)}
 		q.mu.Lock()
 		q.active[l.Message.ID] = am
 		q.mu.Unlock()
@@ -419,6 +440,15 @@ func (q *Queue) dispatch() {
 				d.suspendedUntil, d.probing = time.Time{}, true
 			}
 			limit := min(d.window, cfg.DestinationConcurrency)
+			if q.shared {
+				// The instances share the cap: what the store granted
+				// this one (none before the first grant, which a sync
+				// brings at once).
+				limit = min(limit, d.granted)
+				if !d.synced {
+					q.syncSoon()
+				}
+			}
 			if d.probing {
 				limit = 1
 			}
@@ -505,6 +535,11 @@ func (q *Queue) deliver(cfg *Config, j *job) []delivery.RecipientReport {
 	if am.stale {
 		return fail("lease", "the lease was lost: another instance took the message over", nil)
 	}
+	if am.ctx.Err() != nil {
+		// The lease is over (its renewal failed): another instance may
+		// take the message, so this one does not deliver it.
+		return fail("lease", "the lease ended: it could not be renewed", nil)
+	}
 	am.bodyOnce.Do(func() {
 		am.body, am.bodyErr = q.store.Body(q.jobCtx, am.lease.Message.ID)
 	})
@@ -514,7 +549,7 @@ func (q *Queue) deliver(cfg *Config, j *job) []delivery.RecipientReport {
 	}
 	msg := *am.dmsg
 	msg.Body, msg.Size = am.body, am.body.Size()
-	return cfg.Deliverer.DeliverRoute(q.jobCtx, &msg, j.route)
+	return cfg.Deliverer.DeliverRoute(am.ctx, &msg, j.route)
 }
 
 // suspendedReports defers a job of a suspended destination.
@@ -603,9 +638,7 @@ func (q *Queue) apply(cfg *Config, j *job, reports []delivery.RecipientReport, s
 	}
 	var err error
 	if !am.stale {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		err = q.store.Save(ctx, am.lease)
-		cancel()
+		err = q.persist(func(ctx context.Context) error { return q.store.Save(ctx, am.lease) })
 		if errors.Is(err, ErrStaleLease) {
 			am.stale = true
 		}
@@ -709,8 +742,41 @@ func (q *Queue) feedback(cfg *Config, j *job, reports []delivery.RecipientReport
 			d.inRing = true
 			q.ring = append(q.ring, d)
 		}
+		if q.shared {
+			if q.deadSinceSync == nil {
+				q.deadSinceSync = map[string]Suspension{}
+			}
+			q.deadSinceSync[d.name] = Suspension{Until: d.suspendedUntil, LastError: d.lastError}
+		}
 		cfg.Logger.Warn("destination suspended", zap.String("destination", d.name),
 			zap.Time("until", d.suspendedUntil), zap.String("error", last.Error))
+	}
+}
+
+// persistFor bounds how long a write about an attempt is tried again while
+// the store cannot be reached: a delivery made must be recorded when the
+// store comes back, or the recipient would be delivered to again.
+const persistFor = 15 * time.Minute
+
+// persist runs a write about an attempt, trying it again, with a growing
+// delay, while the store is unavailable (a database that is down), until
+// persistFor has passed or the queue's hard stop came.
+func (q *Queue) persist(write func(ctx context.Context) error) error {
+	deadline := time.Now().Add(persistFor)
+	backoff := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := write(ctx)
+		cancel()
+		if err == nil || !errors.Is(err, delivery.ErrQueueUnavailable) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-q.jobCtx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
@@ -721,6 +787,7 @@ func (q *Queue) release(am *activeMsg) {
 	cfg := q.config()
 	m := am.lease.Message
 	defer func() {
+		am.ctx.cancel(context.Canceled)
 		if am.body != nil {
 			_ = am.body.Close()
 		}
@@ -747,9 +814,7 @@ func (q *Queue) release(am *activeMsg) {
 			m.NextAttempt = n
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := q.store.Release(ctx, am.lease, notices); err != nil && cfg != nil {
+	if err := q.persist(func(ctx context.Context) error { return q.store.Release(ctx, am.lease, notices) }); err != nil && cfg != nil {
 		cfg.Logger.Error("releasing a message", zap.String("id", m.ID), zap.Error(err))
 		return
 	}
@@ -800,8 +865,12 @@ func (q *Queue) renew() {
 		cfg.Logger.Error("renewing leases", zap.Error(err))
 		return
 	}
+	for _, am := range byToken {
+		am.ctx.extend(am.lease.Until)
+	}
 	for _, l := range stale {
 		if am := byToken[l.Token]; am != nil {
+			am.ctx.cancel(ErrStaleLease)
 			am.mu.Lock()
 			am.stale = true
 			am.mu.Unlock()

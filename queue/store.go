@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Store keeps the queue: messages, their bodies and their state, durably.
@@ -88,6 +90,17 @@ type Store interface {
 
 	// Close closes the store. Leases are forgotten.
 	Close() error
+}
+
+// StoreModule is a Caddy module of the smtp.queue.stores namespace: it
+// opens a store. The app keeps one queue per StoreKey across config
+// reloads.
+type StoreModule interface {
+	// StoreKey names the store: configs whose stores have the same key
+	// share one queue.
+	StoreKey() string
+	// OpenStore opens the store.
+	OpenStore(ctx context.Context, log *zap.Logger) (Store, error)
 }
 
 // Waker is a Store whose content other processes change (a shared

@@ -10,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"sync/atomic"
+	"text/template"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -119,6 +120,8 @@ type App struct {
 	releaseQueue func()
 	// store is the queue's store module.
 	store queue.StoreModule
+	// dsnTemplate is queue.dsn_template, parsed; nil: the default.
+	dsnTemplate *template.Template
 }
 
 // The defaults Provision sets; the field comments explain each choice.
@@ -189,6 +192,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := a.provisionStore(); err != nil {
+		return err
+	}
+	if err := a.provisionDSN(); err != nil {
 		return err
 	}
 	if err := a.provisionResolver(); err != nil {

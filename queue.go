@@ -99,18 +99,14 @@ func (a *App) queueConfig() queue.Config {
 	return queue.Config{
 		Deliverer:              a,
 		Policy:                 schedule{q},
+		Notifier:               notifier{a},
 		Concurrency:            q.Concurrency,
 		Lease:                  time.Duration(q.Lease),
 		DestinationConcurrency: q.DestinationConcurrency,
 		MaxMessages:            q.MaxMessages,
 		MaxSize:                q.MaxSize,
 		Logger:                 logger,
-		Emit: func(name string, data map[string]any) {
-			cur := a.current()
-			if cur.events != nil && cur.events.ShouldEmit(name) {
-				cur.events.Emit(cur.ctx, name, data)
-			}
-		},
+		Emit:                   a.emitEvent,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"mime/quotedprintable"
 	"net/mail"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -23,6 +24,12 @@ type form struct {
 	Subject string            `json:"subject"`
 	Text    string            `json:"text"`
 	Headers map[string]string `json:"headers,omitempty"`
+	// Notify, Ret and EnvID are the DSN parameters (RFC 3461): NOTIFY of
+	// every recipient (["NEVER"], or some of SUCCESS, FAILURE, DELAY),
+	// RET ("FULL" or "HDRS") and ENVID.
+	Notify []string `json:"notify,omitempty"`
+	Ret    string   `json:"ret,omitempty"`
+	EnvID  string   `json:"envid,omitempty"`
 }
 
 // headerName is a header field name (RFC 5322: printable ASCII but colon).
@@ -119,7 +126,42 @@ func (f *form) header(hostname string, maxRcpt int, encoding string) (*delivery.
 		return nil, nil, h.err
 	}
 	b.WriteString("\r\n")
-	return envelope(from, to), b.Bytes(), nil
+	msg := envelope(from, to)
+	if err := dsnParams(msg, f.Notify, f.Ret, f.EnvID); err != nil {
+		return nil, nil, err
+	}
+	return msg, b.Bytes(), nil
+}
+
+// dsnParams checks the DSN parameters and sets them on msg: NOTIFY on every
+// recipient, RET and ENVID on the message.
+func dsnParams(msg *delivery.Message, notify []string, ret, envid string) error {
+	var nf []string
+	for i, n := range notify {
+		switch v := strings.ToUpper(strings.TrimSpace(n)); v {
+		case "NEVER", "SUCCESS", "FAILURE", "DELAY":
+			nf = append(nf, v)
+		default:
+			return badRequest("notify[%d]: %q is not NEVER, SUCCESS, FAILURE or DELAY", i, n)
+		}
+	}
+	if len(nf) > 1 && slices.Contains(nf, "NEVER") {
+		return badRequest("notify: NEVER goes alone")
+	}
+	switch r := strings.ToUpper(ret); r {
+	case "", "FULL", "HDRS":
+		msg.Ret = r
+	default:
+		return badRequest("ret: %q is not FULL or HDRS", ret)
+	}
+	if len(envid) > 100 || strings.ContainsFunc(envid, func(r rune) bool { return r < '!' || r > '~' }) {
+		return badRequest("envid: at most 100 printable ASCII characters, without spaces")
+	}
+	msg.EnvID = envid
+	for i := range msg.To {
+		msg.To[i].Notify = nf
+	}
+	return nil
 }
 
 func addressList(list []*mail.Address) string {

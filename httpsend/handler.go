@@ -262,6 +262,14 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request) error {
 			return h.requestFailed(w, err)
 		}
 		msg = envelope(sender, rcpts)
+		q := r.URL.Query()
+		var notify []string
+		if n := q.Get("notify"); n != "" {
+			notify = strings.Split(n, ",")
+		}
+		if err := dsnParams(msg, notify, q.Get("ret"), q.Get("envid")); err != nil {
+			return h.requestFailed(w, err)
+		}
 		lines = &lineChecker{r: body, line: 1}
 		msg.Reader = lines
 	}

@@ -13,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/seed7b014b84/caddy-smtp/queue"
 )
 
 // postQueue posts a request and returns its status and JSON answer.
@@ -105,13 +108,32 @@ func TestQueueMode(t *testing.T) {
 		}
 	})
 
+	t.Run("DSN parameters", func(t *testing.T) {
+		code, out := postQueue(t, base, "application/json", strings.NewReader(
+			`{"from": "app@example.org", "to": ["dsn@example.net"], "text": "x", "notify": ["success", "failure"], "ret": "hdrs", "envid": "order-17"}`))
+		require.Equal(t, http.StatusAccepted, code, "%v", out)
+		app, err := caddy.ActiveContext().App("smtp")
+		require.NoError(t, err)
+		m, err := app.(interface{ QueueRunning() *queue.Queue }).QueueRunning().Store().Get(t.Context(), out["id"].(string))
+		if err == nil { // delivered already: then the sink saw it
+			assert.Equal(t, "HDRS", m.Ret)
+			assert.Equal(t, "order-17", m.EnvID)
+			assert.Equal(t, []string{"SUCCESS", "FAILURE"}, m.Recipients[0].Notify)
+		}
+		q2 := url.Values{"from": {"app@example.org"}, "to": {"dsn2@example.net"}, "notify": {"sometimes"}}
+		code, out = postQueue(t, base+"?"+q2.Encode(), "message/rfc822", strings.NewReader("Subject: x\r\n\r\ny\r\n"))
+		assert.Equal(t, http.StatusBadRequest, code)
+		assert.Contains(t, out["error"], "notify")
+	})
+
 	t.Run("header injection still refused", func(t *testing.T) {
 		code, out := postQueue(t, base, "application/json",
 			strings.NewReader(`{"from": "\r\nBcc: evil@example.org;", "to": ["b@example.net"], "text": "x"}`))
 		assert.Equal(t, http.StatusBadRequest, code)
 		assert.Contains(t, out["error"], "from")
 	})
-	assert.Len(t, good.Messages(t), 2, "nothing but the two good messages was delivered")
+	require.Eventually(t, func() bool { return len(good.Messages(t)) == 3 }, 10*time.Second, 20*time.Millisecond,
+		"nothing but the three good messages was delivered")
 }
 
 // TestQueueFull: a full queue answers 507, and takes nothing.

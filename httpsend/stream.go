@@ -162,7 +162,7 @@ func readForm(r io.Reader, max int64) (*streamedForm, error) {
 				return nil, fmt.Errorf("writing the text: %w", err)
 			}
 			f.textLen = f.stats.size
-		case "from", "to", "subject", "headers":
+		case "from", "to", "subject", "headers", "notify", "ret", "envid":
 			var raw bytes.Buffer
 			if err := sc.copyValue(&limitedBuffer{b: &raw, max: maxSmallFields - small}); err != nil {
 				return nil, err
@@ -176,6 +176,12 @@ func readForm(r io.Reader, max int64) (*streamedForm, error) {
 				target = &f.To
 			case "subject":
 				target = &f.Subject
+			case "notify":
+				target = &f.Notify
+			case "ret":
+				target = &f.Ret
+			case "envid":
+				target = &f.EnvID
 			default:
 				target = &f.Headers
 			}

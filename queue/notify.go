@@ -2,8 +2,11 @@ package queue
 
 import (
 	"context"
+	"io"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -63,18 +66,56 @@ func (q *Queue) noticesFor(ctx context.Context, cfg *Config, m *Message, body Bo
 	if len(news) == 0 || cfg.Notifier == nil {
 		return nil
 	}
+	opened := false
 	if body == nil {
 		if b, err := q.store.Body(ctx, m.ID); err == nil {
-			body = b
-			defer b.Close()
+			body, opened = b, true
 		}
 	}
 	notices, err := cfg.Notifier.Notices(ctx, m, body, news)
 	if err != nil {
 		cfg.Logger.Error("making delivery status notifications", zap.String("id", m.ID), zap.Error(err))
-		return nil
+		notices = nil
+	}
+	if opened {
+		// The notices stream the original from the body as the store
+		// reads them: it is closed once the last of them has been read.
+		closeAfter(body, notices)
 	}
 	return notices
+}
+
+// closeAfter closes body once every notice's Body has been read to its end
+// (at once, when there is none).
+func closeAfter(body Body, notices []Notice) {
+	if len(notices) == 0 {
+		_ = body.Close()
+		return
+	}
+	left := new(atomic.Int32)
+	left.Store(int32(len(notices)))
+	for i := range notices {
+		notices[i].Body = &closeAtEOF{r: notices[i].Body, done: func() {
+			if left.Add(-1) == 0 {
+				_ = body.Close()
+			}
+		}}
+	}
+}
+
+// closeAtEOF calls done (once) when its reader ends.
+type closeAtEOF struct {
+	r    io.Reader
+	done func()
+	once sync.Once
+}
+
+func (c *closeAtEOF) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil {
+		c.once.Do(c.done)
+	}
+	return n, err
 }
 
 // delayNews returns the delay news due for m: when its age has passed the

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
+	"github.com/seed7b014b84/caddy-smtp/dkim"
 	"github.com/seed7b014b84/caddy-smtp/resolver"
 	"github.com/seed7b014b84/caddy-smtp/rules"
 	"github.com/seed7b014b84/caddy-smtp/strategy"
@@ -178,8 +179,14 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.Queue = new(QueueConfig)
 			err = parseQueue(d, p, a.Queue)
+		case "dkim":
+			var c dkim.Config
+			c, err = parseDKIM(d)
+			a.DKIM = append(a.DKIM, c)
+		case "dkim_sign":
+			a.DKIMSign, err = parseSetting(d, p, once(&a.DKIMSign), parseStrings)
 		default:
-			return d.Errf("unknown smtp option %q (known: hostname, next_hop, remote, list, ip_strategy, fallback_delay, source_ip, limits, timeouts, tls, pool, resolver, queue)", d.Val())
+			return d.Errf("unknown smtp option %q (known: hostname, next_hop, remote, list, ip_strategy, fallback_delay, source_ip, limits, timeouts, tls, pool, resolver, queue, dkim, dkim_sign)", d.Val())
 		}
 		if err != nil {
 			return err
@@ -545,6 +552,16 @@ func oneArg(d *caddyfile.Dispenser) (string, error) {
 
 func intArg(d *caddyfile.Dispenser) (int, error) {
 	return parseInt(d, d.RemainingArgs())
+}
+
+func parseStrings(d *caddyfile.Dispenser, args []string) ([]string, error) {
+	if len(args) == 0 {
+		return nil, d.ArgErr()
+	}
+	if len(args) == 1 && args[0] == "none" {
+		return []string{}, nil
+	}
+	return args, nil
 }
 
 func parseString(d *caddyfile.Dispenser, args []string) (string, error) {

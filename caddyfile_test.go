@@ -112,6 +112,10 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"unknown store", "smtp {\n\tqueue {\n\t\tstore redis\n\t}\n}", ":4", "smtp.queue.stores.redis"},
 		{"postgres unknown option", "smtp {\n\tqueue {\n\t\tstore postgres {\n\t\t\tdsn x\n\t\t}\n\t}\n}", ":5", `unknown postgres store option "dsn"`},
 		{"bad dsn mode", "smtp {\n\tqueue {\n\t\tdsn always\n\t}\n}", ":4", `unknown dsn mode "always"`},
+		{"dkim without domain", "smtp {\n\tdkim {\n\t\tselector s1\n\t}\n}", ":3", "dkim needs a domain"},
+		{"dkim unknown option", "smtp {\n\tdkim example.org {\n\t\tsel s1\n\t}\n}", ":4", `unknown dkim option "sel"`},
+		{"dkim headers empty", "smtp {\n\tdkim example.org {\n\t\theaders\n\t}\n}", ":4", "wrong argument count"},
+		{"dkim unknown provider", "smtp {\n\tdkim example.org {\n\t\tpublish nodns\n\t}\n}", ":4", "dns.providers.nodns"},
 		{"queue retry twice", "smtp {\n\tqueue {\n\t\tretry 1m\n\t\tretry 2m\n\t}\n}", ":5", "retry is given twice"},
 	}
 	for _, tt := range tests {

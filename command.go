@@ -81,7 +81,8 @@ func loadApp(fl caddycmd.Flags) (*App, error) {
 		return nil, err
 	}
 	var cfg struct {
-		Apps map[string]json.RawMessage `json:"apps"`
+		Storage json.RawMessage            `json:"storage"`
+		Apps    map[string]json.RawMessage `json:"apps"`
 	}
 	if len(raw) > 0 {
 		if err := json.Unmarshal(raw, &cfg); err != nil {
@@ -92,9 +93,12 @@ func loadApp(fl caddycmd.Flags) (*App, error) {
 	if len(smtpRaw) == 0 {
 		smtpRaw = json.RawMessage("{}")
 	}
+	// The config's storage comes along: DKIM keys and queue state live
+	// there, and the commands must see the ones caddy run sees.
 	ctx, err := caddy.ProvisionContext(&caddy.Config{
-		Admin:   &caddy.AdminConfig{Disabled: true},
-		AppsRaw: caddy.ModuleMap{"smtp": smtpRaw},
+		Admin:      &caddy.AdminConfig{Disabled: true},
+		StorageRaw: cfg.Storage,
+		AppsRaw:    caddy.ModuleMap{"smtp": smtpRaw},
 	})
 	if err != nil {
 		return nil, err

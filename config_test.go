@@ -242,6 +242,13 @@ func TestInvalidConfigs(t *testing.T) {
 		{"queue store and path", `{"queue": {"path": "/tmp/q", "store": {"module": "sqlite"}}}`, []string{"queue: path and min_free"}},
 		{"queue lease too short", `{"queue": {"lease": "10ms"}}`, []string{"queue.lease", "under a second"}},
 		{"queue dsn mode", `{"queue": {"dsn": "always"}}`, []string{"queue.dsn", "unknown dsn mode"}},
+		{"dkim without domain", `{"dkim": [{"selector": "s1"}]}`, []string{"dkim[0]", "domain"}},
+		{"dkim bad algorithm", `{"dkim": [{"domain": "example.org", "algorithm": "rsa-sha1"}]}`, []string{"dkim[0]", "rsa-sha1"}},
+		{"dkim bad selector", `{"dkim": [{"domain": "example.org", "selector": "a b"}]}`, []string{"dkim[0]", "selector"}},
+		{"dkim missing key file", `{"dkim": [{"domain": "example.org", "key": "/nonexistent/key.pem"}]}`, []string{"/nonexistent/key.pem"}},
+		{"dkim weak key", `{"dkim": [{"domain": "example.org", "key": "dkim/testdata/rsa512.pem"}]}`, []string{"rsa512.pem"}},
+		{"dkim_sign bad domain", `{"dkim_sign": ["from", "not a domain"]}`, []string{"dkim_sign", "not a domain"}},
+		{"dkim_sign bad rule", `{"dkim_sign": [{"if": "sender ==", "then": ["from"]}, {"else": ["from"]}]}`, []string{"dkim_sign"}},
 		{"not an object", `["smtp"]`, []string{"want an object"}},
 	}
 	require.GreaterOrEqual(t, len(tests), 25)

@@ -139,6 +139,9 @@ func (a *App) Routes(ctx context.Context, msg *Message) []delivery.Route {
 				rt.Destination = a.mxDestination(ctx, v.RcptDomain)
 			default:
 				rt.Destination = key
+				if r := a.Remotes[string(hop)]; r != nil {
+					rt.Concurrency = r.Concurrency
+				}
 			}
 			routes = append(routes, rt)
 		}

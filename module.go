@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
 
+	"github.com/seed7b014b84/caddy-smtp/dkim"
 	"github.com/seed7b014b84/caddy-smtp/internal/strictjson"
 	"github.com/seed7b014b84/caddy-smtp/queue"
 	"github.com/seed7b014b84/caddy-smtp/resolver"
@@ -93,6 +94,23 @@ type App struct {
 	// the retry schedule, when they expire, and how many go at once.
 	Queue *QueueConfig `json:"queue,omitempty"`
 
+	// DKIM are the DKIM signers (RFC 6376, 8463): a domain, a selector,
+	// an algorithm and a key each. A message is signed as it enters the
+	// queue, by the signers of the domains dkim_sign chooses (by default,
+	// the domain of its From header field, so that the signature aligns
+	// with From for DMARC); delivery status notifications are signed too.
+	// Keys without a file are made on first use and kept in Caddy's
+	// storage; `caddy smtp-dkim` prints their DNS records.
+	DKIM []dkim.Config `json:"dkim,omitempty"`
+
+	// DKIMSign chooses the domains a message is signed as: a list of
+	// domains, where "from" stands for the domain of the message's From
+	// header field; each is signed with every signer it has (none: not
+	// signed as it). Default: ["from"]. Rule list, e.g. [{"if":
+	// "sender_domain == 'lists.example.org'", "then":
+	// ["lists.example.org"]}, {"else": ["from"]}].
+	DKIMSign rules.Setting[[]string] `json:"dkim_sign,omitzero"`
+
 	// Resolver is the DNS resolver's settings: servers, timeouts, cache.
 	// Default: the servers of /etc/resolv.conf, with a cache of 10000
 	// answers. Resolvers with the same settings are shared across config
@@ -122,6 +140,8 @@ type App struct {
 	store queue.StoreModule
 	// dsnTemplate is queue.dsn_template, parsed; nil: the default.
 	dsnTemplate *template.Template
+	// dkim signs messages; nil when no signer is configured.
+	dkim *dkim.Signer
 }
 
 // The defaults Provision sets; the field comments explain each choice.
@@ -198,6 +218,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := a.provisionResolver(); err != nil {
+		return err
+	}
+	if err := a.provisionDKIM(); err != nil {
 		return err
 	}
 	if err := queue.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
@@ -301,6 +324,9 @@ func (a *App) Cleanup() error {
 	}
 	if a.releaseQueue != nil {
 		a.releaseQueue()
+	}
+	if a.dkim != nil {
+		a.dkim.Stop()
 	}
 	return nil
 }
@@ -467,6 +493,9 @@ func (a *App) compileRules() error {
 // events through, and the queue (opened the first time, kept across
 // reloads) delivers with this config's settings.
 func (a *App) Start() error {
+	if err := a.startDKIM(); err != nil {
+		return err
+	}
 	if err := a.startQueue(); err != nil {
 		return err
 	}

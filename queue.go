@@ -100,6 +100,7 @@ func (a *App) queueConfig() queue.Config {
 		Deliverer:              a,
 		Policy:                 schedule{q},
 		Notifier:               notifier{a},
+		Signer:                 a.queueSigner(),
 		Concurrency:            q.Concurrency,
 		Lease:                  time.Duration(q.Lease),
 		DestinationConcurrency: q.DestinationConcurrency,
@@ -108,6 +109,14 @@ func (a *App) queueConfig() queue.Config {
 		Logger:                 logger,
 		Emit:                   a.emitEvent,
 	}
+}
+
+// queueSigner is the queue's signer: the DKIM signers, or none.
+func (a *App) queueSigner() queue.Signer {
+	if a.dkim == nil {
+		return nil
+	}
+	return dkimSigner{s: a.dkim, log: a.logger.Named("dkim")}
 }
 
 // Enqueue stores msg in the queue and returns its queue ID once the

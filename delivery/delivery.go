@@ -164,6 +164,9 @@ type Route struct {
 	Destination string
 	// Rcpts are the indexes of the recipients in Message.To.
 	Rcpts []int
+	// Concurrency is the most connections the route's next hop takes (a
+	// remote's concurrency), 0 for no cap of its own.
+	Concurrency int
 	// Err, if set, is why the recipients could not be routed (a rule that
 	// failed): they are deferred without an attempt.
 	Err error

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/seed7b014b84/caddy-smtp/internal/peertest"
 )
 
 // caddy runs the binary with args and returns its stdout, stderr and error.
@@ -27,10 +28,19 @@ func caddy(t *testing.T, args ...string) (string, string, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, caddyBin, args...)
 	cmd.Dir = repoRoot
+	cmd.Env = isolatedEnv(t)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	return stdout.String(), stderr.String(), err
+}
+
+// isolatedEnv is the environment for a command of the binary: Caddy's data
+// and config folders (and so the default queue path) in a temporary
+// folder, never the user's.
+func isolatedEnv(t *testing.T) []string {
+	home := t.TempDir()
+	return append(os.Environ(), "HOME="+home, "XDG_DATA_HOME="+home, "XDG_CONFIG_HOME="+home)
 }
 
 func TestListModules(t *testing.T) {
@@ -95,12 +105,11 @@ func TestValidateRejects(t *testing.T) {
 	assert.Contains(t, stderr, `unknown ip_strategy \"sideways\"`)
 }
 
+// freePort is a fresh loopback port, never handed out before in this test
+// binary (peertest.FreePort: the peers bind with SO_REUSEPORT).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return peertest.FreePort(t)
 }
 
 // TestRunAndReload runs Caddy on examples/Caddyfile (with its admin API on a

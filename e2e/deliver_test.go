@@ -3,7 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -74,32 +76,12 @@ func (l *mailLab) smtpOption() string {
 `, l.unbound.Addr, l.store.Port, l.relay.Port)
 }
 
-// runCaddy runs the binary on a Caddyfile until the test ends.
+// runCaddy runs the binary on a Caddyfile until the test ends, and
+// returns its output. Its data folder (and so the queue) is a fresh
+// temporary folder.
 func runCaddy(t *testing.T, caddyfile string) *lockedBuffer {
 	t.Helper()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "Caddyfile")
-	require.NoError(t, os.WriteFile(path, []byte(caddyfile), 0o644))
-	logs := new(lockedBuffer)
-	cmd := exec.Command(caddyBin, "run", "--config", path)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("caddy output:\n%s", logs.String())
-		}
-	})
-	return logs
+	return startCaddy(t, "Caddyfile", caddyfile).logs
 }
 
 func waitHTTP(t *testing.T, url string) {
@@ -114,29 +96,50 @@ func waitHTTP(t *testing.T, url string) {
 	}, 20*time.Second, 100*time.Millisecond, "%s did not come up", url)
 }
 
-// TestHTTPSendAndCommands runs the binary with the smtp app and an HTTP
-// send endpoint, and delivers by MX (DNS from Knot through unbound), to a
-// relay and over LMTP to Dovecot, through the HTTP handler and the
-// command line.
+// TestHTTPSendAndCommands runs the binary with the smtp app and two HTTP
+// send endpoints, and delivers by MX (DNS from Knot through unbound), to a
+// relay and over LMTP to Dovecot, through the HTTP handler in queue mode
+// (202 with the queue ID, delivered afterwards) and in deliver mode (200
+// with the report), and through the command line.
 func TestHTTPSendAndCommands(t *testing.T) {
 	l := startMailLab(t)
-	admin, httpPort := freePort(t), freePort(t)
-	caddyfile := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n%s}\n\nhttp://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tsmtp_send {\n\t\tmax_size 1MB\n\t}\n}\n",
-		admin, l.smtpOption(), httpPort)
-	runCaddy(t, caddyfile)
+	admin, httpPort, deliverPort := freePort(t), freePort(t), freePort(t)
+	caddyfile := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n%s}\n\nhttp://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tsmtp_send {\n\t\tmax_size 1MB\n\t}\n}\n"+
+		"\nhttp://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tsmtp_send {\n\t\tmode deliver\n\t}\n}\n",
+		admin, l.smtpOption(), httpPort, deliverPort)
+	p := startCaddy(t, "Caddyfile", caddyfile)
 	base := fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
 	waitHTTP(t, base)
 
 	body := "From: web@example.org\r\nSubject: e2e\r\n\r\nhello\r\n"
+	ids := map[string]bool{}
 	for _, to := range []string{"x@good.mail.test", "y@relay.test", "alice@foobar.net"} {
 		resp, err := http.Post(base+"?from=web@example.org&to="+to, "message/rfc822", strings.NewReader(body))
 		require.NoError(t, err)
+		var answer struct {
+			ID string `json:"id"`
+		}
+		assert.NoError(t, json.NewDecoder(resp.Body).Decode(&answer))
 		resp.Body.Close()
-		assert.Equal(t, http.StatusOK, resp.StatusCode, to)
+		assert.Equal(t, http.StatusAccepted, resp.StatusCode, to)
+		assert.Len(t, answer.ID, 20, "the queue ID")
+		ids[answer.ID] = true
 	}
 	assert.Equal(t, "out.example.org", l.mx.WaitMessages(t, 1, 10*time.Second)[0].Helo, "delivered by MX")
 	assert.Len(t, l.relay.WaitMessages(t, 1, 10*time.Second), 1)
 	assert.Len(t, l.store.WaitMessages(t, "alice@foobar.net", 1, 10*time.Second), 1)
+	for _, e := range p.waitQueueLog("delivered", 3, 10*time.Second) {
+		assert.True(t, ids[e.str("id")], "delivered under the ID the HTTP answer gave: %s", e.str("id"))
+	}
+
+	// Deliver mode: one attempt, and the report.
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/?from=web@example.org&to=v@relay.test", deliverPort), "message/rfc822", strings.NewReader(body))
+	require.NoError(t, err)
+	report, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "%s", report)
+	assert.Contains(t, string(report), `"status":"delivered"`)
+	assert.Len(t, l.relay.WaitMessages(t, 2, 10*time.Second), 2)
 
 	cfgPath := filepath.Join(t.TempDir(), "Caddyfile")
 	require.NoError(t, os.WriteFile(cfgPath, []byte("{\n"+l.smtpOption()+"}\n"), 0o644))
@@ -153,12 +156,13 @@ func TestHTTPSendAndCommands(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, caddyBin, "smtp-send", "--config", cfgPath, "--from", "cli@example.org", "--to", "z@relay.test", "--to", "w@good.mail.test")
+		cmd.Env = isolatedEnv(t)
 		cmd.Stdin = strings.NewReader("Subject: from the command line\n\nhi\n")
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		require.NoError(t, cmd.Run(), stderr.String())
 		assert.Contains(t, stdout.String(), `"status": "delivered"`)
-		assert.Len(t, l.relay.WaitMessages(t, 2, 10*time.Second), 2)
+		assert.Len(t, l.relay.WaitMessages(t, 3, 10*time.Second), 3)
 		assert.Len(t, l.mx.WaitMessages(t, 2, 10*time.Second), 2)
 	})
 }
@@ -196,6 +200,7 @@ func TestSendExitStatus(t *testing.T) {
 			defer cancel()
 			args := append([]string{"smtp-send", "--config", cfgPath, "--from", "cli@example.org"}, c.args...)
 			cmd := exec.CommandContext(ctx, caddyBin, args...)
+			cmd.Env = isolatedEnv(t)
 			cmd.Stdin = strings.NewReader(c.stdin)
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -209,5 +214,14 @@ func TestSendExitStatus(t *testing.T) {
 			assert.Equal(t, c.want, got, "stdout: %s\nstderr: %s", stdout.String(), stderr.String())
 		})
 	}
-	require.Eventually(t, func() bool { return len(l.relay.Messages(t)) == 3 }, 10*time.Second, 50*time.Millisecond)
+	// Delivered: a@relay.test, and c@relay.test beside a deferred one;
+	// nothing for the refused invocations.
+	msgs := l.relay.WaitMessages(t, 2, 10*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	msgs = l.relay.Messages(t)
+	var to []string
+	for _, m := range msgs {
+		to = append(to, m.To...)
+	}
+	assert.ElementsMatch(t, []string{"a@relay.test", "c@relay.test"}, to)
 }

@@ -65,6 +65,10 @@ type Message struct {
 	// Notified is how many of the queue's delay notice times
 	// (queue.notify) have been dealt with.
 	Notified int `json:"notified,omitempty"`
+	// Prefix are header fields that go before the stored body whenever
+	// the message is read: the DKIM-Signature fields made as the body was
+	// stored (they need the whole body first).
+	Prefix string `json:"prefix,omitempty"`
 }
 
 // Recipient is one recipient of a queued message and its state.

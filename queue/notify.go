@@ -68,7 +68,7 @@ func (q *Queue) noticesFor(ctx context.Context, cfg *Config, m *Message, body Bo
 	}
 	opened := false
 	if body == nil {
-		if b, err := q.store.Body(ctx, m.ID); err == nil {
+		if b, err := q.Body(ctx, m); err == nil {
 			body, opened = b, true
 		}
 	}
@@ -76,6 +76,13 @@ func (q *Queue) noticesFor(ctx context.Context, cfg *Config, m *Message, body Bo
 	if err != nil {
 		cfg.Logger.Error("making delivery status notifications", zap.String("id", m.ID), zap.Error(err))
 		notices = nil
+	}
+	if cfg.Signer != nil {
+		// Notices are signed too (with the reporting host's domain's
+		// keys, when it has some).
+		for i := range notices {
+			notices[i].Body = signed(cfg.Signer, notices[i].Message, notices[i].Body)
+		}
 	}
 	if opened {
 		// The notices stream the original from the body as the store

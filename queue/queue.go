@@ -51,6 +51,16 @@ type News struct {
 	WillRetryUntil time.Time
 }
 
+// Signer signs a message as it enters the queue, so that every attempt
+// carries the same bytes: the dkim package's, wired by the app.
+type Signer interface {
+	// Sign returns a reader that passes body through unchanged while it
+	// signs it, and a function that, once the reader has been read to its
+	// end, returns the header fields to put before the body (nil: the
+	// message is not signed).
+	Sign(m *Message, body io.Reader) (io.Reader, func() []byte)
+}
+
 // Config is what the running Caddy config gives the queue. A reload gives a
 // new one, which applies from the next attempt.
 type Config struct {
@@ -60,6 +70,9 @@ type Config struct {
 	Policy Policy
 	// Notifier makes delivery status notifications; nil makes none.
 	Notifier Notifier
+	// Signer signs messages as they enter the queue (DKIM), notices
+	// included; nil signs none.
+	Signer Signer
 	// Concurrency is the most transactions in flight. Default 100.
 	Concurrency int
 	// DestinationConcurrency is the most transactions in flight to one
@@ -348,6 +361,9 @@ func (q *Queue) Enqueue(ctx context.Context, msg *delivery.Message) (string, err
 	scan := &bodyScan{r: body, m: m, smtputf8: msg.SMTPUTF8}
 	m.SMTPUTF8 = false
 	body = scan
+	if cfg != nil && cfg.Signer != nil {
+		body = signed(cfg.Signer, m, body)
+	}
 	if err := q.store.Add(ctx, m, body); err != nil {
 		return "", err
 	}
@@ -380,6 +396,65 @@ func (q *Queue) counts(ctx context.Context) (messages, bytes int64, err error) {
 	}
 	st, err := q.store.Stats(ctx)
 	return st.Messages, st.Bytes, err
+}
+
+// signed wraps body in m's signing: at its end, the signature becomes m's
+// Prefix (the store writes m once it has read the body).
+func signed(s Signer, m *Message, body io.Reader) io.Reader {
+	r, finish := s.Sign(m, body)
+	return &atEOF{r: r, done: func() {
+		if p := finish(); len(p) > 0 {
+			m.Prefix = string(p)
+		}
+	}}
+}
+
+// atEOF calls done once, when its reader ends without an error.
+type atEOF struct {
+	r    io.Reader
+	done func()
+	once bool
+}
+
+func (a *atEOF) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if err == io.EOF && !a.once {
+		a.once = true
+		a.done()
+	}
+	return n, err
+}
+
+// Body opens a message's body as it is delivered: the stored body, after
+// the message's Prefix.
+func (q *Queue) Body(ctx context.Context, m *Message) (Body, error) {
+	b, err := q.store.Body(ctx, m.ID)
+	if err != nil || m.Prefix == "" {
+		return b, err
+	}
+	return &prefixed{prefix: m.Prefix, Body: b}, nil
+}
+
+// prefixed is a body after header fields.
+type prefixed struct {
+	prefix string
+	Body
+}
+
+func (p *prefixed) Size() int64 { return int64(len(p.prefix)) + p.Body.Size() }
+
+func (p *prefixed) ReadAt(b []byte, off int64) (int, error) {
+	plen := int64(len(p.prefix))
+	n := 0
+	if off < plen {
+		n = copy(b, p.prefix[off:])
+		if n == len(b) {
+			return n, nil
+		}
+		off = plen
+	}
+	k, err := p.Body.ReadAt(b[n:], off-plen)
+	return n + k, err
 }
 
 // bodyScan passes the body to the store and notes what its envelope must

@@ -440,6 +440,10 @@ func (q *Queue) dispatch() {
 				d.suspendedUntil, d.probing = time.Time{}, true
 			}
 			limit := min(d.window, cfg.DestinationConcurrency)
+			if c := d.jobs[0].route.Concurrency; c > 0 {
+				// A remote's own cap on its connections.
+				limit = min(limit, c)
+			}
 			if q.shared {
 				// The instances share the cap: what the store granted
 				// this one (none before the first grant, which a sync
@@ -510,7 +514,11 @@ func (q *Queue) startJob(cfg *Config, j *job, suspended bool) {
 		if !suspended {
 			j.dest.inflight--
 			q.inflight--
-			q.feedback(cfg, j, reports)
+			if !q.stopping {
+				// At a stop, attempts cut short say nothing of the
+				// destination.
+				q.feedback(cfg, j, reports)
+			}
 		}
 		j.am.pending--
 		last := j.am.pending == 0
@@ -541,7 +549,7 @@ func (q *Queue) deliver(cfg *Config, j *job) []delivery.RecipientReport {
 		return fail("lease", "the lease ended: it could not be renewed", nil)
 	}
 	am.bodyOnce.Do(func() {
-		am.body, am.bodyErr = q.store.Body(q.jobCtx, am.lease.Message.ID)
+		am.body, am.bodyErr = q.Body(q.jobCtx, am.lease.Message)
 	})
 	if am.bodyErr != nil {
 		return fail("io", "reading the message: "+am.bodyErr.Error(),
@@ -644,8 +652,10 @@ func (q *Queue) apply(cfg *Config, j *job, reports []delivery.RecipientReport, s
 		}
 	}
 	am.mu.Unlock()
-	if err != nil {
-		cfg.Logger.Error("saving results", zap.String("id", m.ID), zap.Error(err))
+	if err != nil && !errors.Is(err, ErrStaleLease) {
+		// What happened happened, and is reported as it did; but the
+		// store does not know it, so the recipients may be tried again.
+		cfg.Logger.Error("saving results failed: these recipients may be tried again", zap.String("id", m.ID), zap.Error(err))
 	}
 	for _, o := range outs {
 		q.report(cfg, m, o.r, o.rr, o.expired)
@@ -768,7 +778,8 @@ func (q *Queue) persist(write func(ctx context.Context) error) error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		err := write(ctx)
 		cancel()
-		if err == nil || !errors.Is(err, delivery.ErrQueueUnavailable) || time.Now().After(deadline) {
+		retry := errors.Is(err, delivery.ErrQueueUnavailable) || errors.Is(err, delivery.ErrQueueFull)
+		if err == nil || !retry || time.Now().After(deadline) {
 			return err
 		}
 		select {

@@ -163,7 +163,11 @@ func list(ctx context.Context, w http.ResponseWriter, r *http.Request, q *queue.
 
 // body answers a message's body, as message/rfc822.
 func body(ctx context.Context, w http.ResponseWriter, q *queue.Queue, id string) error {
-	b, err := q.Store().Body(ctx, id)
+	m, err := q.Store().Get(ctx, id)
+	if err != nil {
+		return notFound(err, id)
+	}
+	b, err := q.Body(ctx, m)
 	if err != nil {
 		return notFound(err, id)
 	}

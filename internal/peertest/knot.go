@@ -35,6 +35,12 @@ type Zone struct {
 type KnotOptions struct {
 	// Zones are the zones to serve.
 	Zones []Zone
+	// AllowUpdate lets clients on loopback change every zone with RFC 2136
+	// dynamic updates and read it whole with AXFR (a Knot ACL with the
+	// update and transfer actions), for tests of DNS providers. Knot then
+	// keeps the changes in its journal (the zone files are never
+	// rewritten, zonefile-sync being -1).
+	AllowUpdate bool
 }
 
 // Knot is a running Knot DNS authoritative server.
@@ -112,6 +118,9 @@ func StartKnot(t testing.TB, o KnotOptions) *Knot {
 		} else {
 			fmt.Fprintf(&zoneConf, "  - domain: %s\n", name)
 		}
+		if o.AllowUpdate {
+			zoneConf.WriteString("    acl: peertest_update\n")
+		}
 	}
 	conf := fmt.Sprintf(`# peertest Knot: loopback only.
 server:
@@ -136,6 +145,14 @@ zone:
 %[3]s`, listen, dir, zoneConf.String())
 	if len(o.Zones) == 0 {
 		conf = strings.TrimSuffix(conf, "zone:\n")
+	}
+	if o.AllowUpdate {
+		conf = strings.Replace(conf, "template:\n", `acl:
+  - id: peertest_update
+    address: [ 127.0.0.0/8, ::1 ]
+    action: [ update, transfer ]
+template:
+`, 1)
 	}
 	writeFile(t, k.ConfigFile, []byte(conf))
 

@@ -119,6 +119,9 @@ type Store struct {
 	messages int64
 	bytes    int64
 	closed   bool
+	// reserve is the reserve file's path; reserveHeld says it is there.
+	reserve     string
+	reserveHeld bool
 }
 
 // op is one write, run in the writer's next transaction.
@@ -128,7 +131,10 @@ type op struct {
 	after func(err error)
 	// dirSync asks for the bodies folder to be synced before the commit.
 	dirSync bool
-	done    chan error
+	// fresh marks a new message's write: on a full disk it is refused,
+	// and the reserve is spent only on the writes of what is queued.
+	fresh bool
+	done  chan error
 }
 
 // Open opens (creating it if need be) the store in dir.
@@ -144,7 +150,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	path := filepath.Join(dir, "queue.db")
 	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)" +
-		"&_pragma=cache_size(-16000)&_txlock=immediate"
+		"&_pragma=cache_size(-16000)&_pragma=journal_size_limit(8388608)&_txlock=immediate"
 	var err error
 	if s.db, err = sql.Open("sqlite", dsn); err != nil {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
@@ -170,8 +176,72 @@ func Open(dir string, opts Options) (*Store, error) {
 		_ = s.rdb.Close()
 		return nil, err
 	}
+	s.reserve = filepath.Join(dir, "reserve")
+	s.keepReserve()
 	go s.writer()
 	return s, nil
+}
+
+// The reserve is a file of space held back in the queue's folder: when a
+// write about queued messages (a result, a release, a removal, which is
+// what frees space) meets a full disk, the reserve is given back and the
+// write made again, so that a disk the queue filled never wedges it. New
+// messages are refused until deliveries have freed enough space to hold
+// the reserve again.
+
+// reserveSize returns the reserve's size: a sixteenth of the file system,
+// from 256 KiB to 16 MiB.
+func reserveSize(dir string) int64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 1 << 20
+	}
+	return min(max(int64(st.Blocks)*int64(st.Bsize)/16, 256<<10), 16<<20)
+}
+
+// keepReserve makes the reserve when it is missing and there is room for
+// it (twice its size free); it reports whether the reserve is held.
+func (s *Store) keepReserve() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reserveHeld {
+		return true
+	}
+	size := reserveSize(s.dir)
+	if free, err := freeSpace(s.dir); err != nil || free < 2*size {
+		return false
+	}
+	f, err := os.OpenFile(s.reserve, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return false
+	}
+	err = syscall.Fallocate(int(f.Fd()), 0, 0, size)
+	if err != nil {
+		// A file system without fallocate: write the space out.
+		_, err = f.Write(make([]byte, size))
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	_ = f.Close()
+	if err != nil {
+		_ = os.Remove(s.reserve)
+		return false
+	}
+	s.reserveHeld = true
+	return true
+}
+
+// spendReserve gives the reserve's space back, and reports whether there
+// was one.
+func (s *Store) spendReserve() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.reserveHeld {
+		return false
+	}
+	s.reserveHeld = false
+	return os.Remove(s.reserve) == nil
 }
 
 func (s *Store) migrate() error {
@@ -290,20 +360,47 @@ func (s *Store) writer() {
 	}
 }
 
-// commit runs a batch of writes in one transaction.
+// commit runs a batch of writes in one transaction. When the disk is full,
+// the writes about queued messages (results, releases, removals: what
+// frees space) are run again once the reserve is given back; new messages
+// are refused.
 func (s *Store) commit(batch []*op) {
+	errs := s.commitOnce(batch)
+	var retry []*op
+	for i, o := range batch {
+		if errs[i] != nil && errors.Is(errs[i], delivery.ErrQueueFull) && !o.fresh {
+			retry = append(retry, o)
+		}
+	}
+	if len(retry) > 0 && s.spendReserve() {
+		again := s.commitOnce(retry)
+		k := 0
+		for i, o := range batch {
+			if k < len(retry) && retry[k] == o {
+				errs[i] = again[k]
+				k++
+			}
+		}
+	}
+	for i, o := range batch {
+		if o.after != nil {
+			o.after(errs[i])
+		}
+		o.done <- errs[i]
+	}
+}
+
+// commitOnce runs a batch of writes in one transaction, and returns each
+// one's outcome.
+func (s *Store) commitOnce(batch []*op) []error {
 	start := time.Now()
 	errs := make([]error, len(batch))
 	finish := func(commitErr error) {
-		for i, o := range batch {
-			err := errs[i]
-			if err == nil {
-				err = commitErr
+		for i := range batch {
+			if errs[i] == nil {
+				errs[i] = commitErr
 			}
-			if o.after != nil {
-				o.after(err)
-			}
-			o.done <- err
+			errs[i] = classify(errs[i])
 		}
 	}
 	dirSync := false
@@ -312,14 +409,14 @@ func (s *Store) commit(batch []*op) {
 	}
 	if dirSync {
 		if err := syncDir(s.bodies); err != nil {
-			finish(classify(fmt.Errorf("syncing the bodies folder: %w", err)))
-			return
+			finish(fmt.Errorf("syncing the bodies folder: %w", err))
+			return errs
 		}
 	}
 	tx, err := s.db.Begin()
 	if err != nil {
-		finish(classify(err))
-		return
+		finish(err)
+		return errs
 	}
 	for i, o := range batch {
 		if len(batch) == 1 {
@@ -338,15 +435,16 @@ func (s *Store) commit(batch []*op) {
 	if len(batch) == 1 && errs[0] != nil {
 		_ = tx.Rollback()
 		finish(nil)
-		return
+		return errs
 	}
 	if err := tx.Commit(); err != nil {
 		_ = tx.Rollback()
-		finish(classify(err))
-		return
+		finish(err)
+		return errs
 	}
 	queue.ObserveCommit("sqlite", time.Since(start))
 	finish(nil)
+	return errs
 }
 
 // do runs fn in the writer's next transaction and waits for its commit.
@@ -388,6 +486,9 @@ func (s *Store) Add(ctx context.Context, m *queue.Message, body io.Reader) error
 	if free, err := freeSpace(s.dir); err == nil && free < s.opts.MinFree {
 		return fmt.Errorf("%w: %d bytes free on the queue's file system, under min_free (%d)", delivery.ErrQueueFull, free, s.opts.MinFree)
 	}
+	if !s.keepReserve() {
+		return fmt.Errorf("%w: the queue's file system was full; new messages wait until deliveries have freed space", delivery.ErrQueueFull)
+	}
 	inline, file, size, err := s.writeBody(m.ID, body)
 	if err != nil {
 		return err
@@ -407,6 +508,7 @@ func (s *Store) Add(ctx context.Context, m *queue.Message, body io.Reader) error
 	}
 	o := &op{
 		dirSync: file != "",
+		fresh:   true,
 		fn: func(tx *sql.Tx) error {
 			_, err := tx.Exec(`INSERT INTO messages (id, priority, next_attempt, held, state, arrived, size, body, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 				m.ID, m.Priority, nullTime(m.NextAttempt), m.Held, string(m.State()), m.Arrived.UnixMilli(), size, blob, data)

@@ -118,6 +118,17 @@ func testAddGetBody(t *testing.T, open Opener) {
 	assert.Equal(t, int64(len(small)), got.Size)
 	assert.True(t, got.Arrived.Equal(base))
 	assert.Equal(t, small, readBody(t, s, m1.ID))
+
+	// What the queue learns while the body is read (a DKIM signature made
+	// at its end) is stored with the message.
+	signed := NewMessage(queue.NewID(base.Add(4*time.Millisecond)), base, "a@example.org", "f@example.net")
+	require.NoError(t, s.Add(t.Context(), signed, &setAtEOF{r: strings.NewReader(small), set: func() {
+		signed.Prefix = "DKIM-Signature: v=1\r\n"
+	}}))
+	got, err = s.Get(t.Context(), signed.ID)
+	require.NoError(t, err)
+	assert.Equal(t, "DKIM-Signature: v=1\r\n", got.Prefix, "fields set as the body ends are stored")
+	assert.Equal(t, small, readBody(t, s, signed.ID), "the body is stored as read")
 	assert.Equal(t, large, readBody(t, s, m2.ID), "a body larger than a row holds")
 	assert.Empty(t, readBody(t, s, empty.ID))
 
@@ -134,7 +145,7 @@ func testAddGetBody(t *testing.T, open Opener) {
 	assert.ErrorIs(t, err, queue.ErrNotFound, "nothing half-stored")
 	st, err := s.Stats(t.Context())
 	require.NoError(t, err)
-	assert.Equal(t, int64(3), st.Messages)
+	assert.Equal(t, int64(4), st.Messages)
 }
 
 type errReader struct{}
@@ -535,4 +546,19 @@ func testHolds(t *testing.T, open Opener) {
 	assert.True(t, h2.Matches(m))
 	assert.True(t, h1.Matches(m))
 	assert.False(t, queue.HoldRule{RecipientDomain: "example.net"}.Matches(m))
+}
+
+// setAtEOF calls set when r ends, as the queue's signing reader does.
+type setAtEOF struct {
+	r   io.Reader
+	set func()
+}
+
+func (e *setAtEOF) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err == io.EOF && e.set != nil {
+		e.set()
+		e.set = nil
+	}
+	return n, err
 }

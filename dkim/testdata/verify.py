@@ -1,0 +1,56 @@
+#!/usr/bin/python3
+"""Verify every DKIM signature of a message with python3-dkim.
+
+usage: verify.py MESSAGE_FILE RESOLVER_HOST RESOLVER_PORT
+
+Keys are looked up with dnspython at the given resolver (the test's
+unbound), not at the machine's. Prints one JSON object per signature:
+{"d", "s", "a", "h", "ok", "error"}.
+"""
+import json
+import sys
+
+import dkim
+import dns.resolver
+
+
+def main():
+    path, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    res = dns.resolver.Resolver(configure=False)
+    res.nameservers = [host]
+    res.port = port
+
+    def dnsfunc(name, timeout=5):
+        if isinstance(name, bytes):
+            name = name.decode()
+        try:
+            ans = res.resolve(name, "TXT", lifetime=timeout)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+        for rr in ans:
+            return b"".join(rr.strings)
+        return None
+
+    with open(path, "rb") as f:
+        msg = f.read()
+    d = dkim.DKIM(msg)
+    sigs = [v for (k, v) in d.headers if k.lower() == b"dkim-signature"]
+    for i, v in enumerate(sigs):
+        tags = dkim.util.parse_tag_value(v)
+        out = {
+            "d": tags.get(b"d", b"").decode(),
+            "s": tags.get(b"s", b"").decode(),
+            "a": tags.get(b"a", b"").decode(),
+            "h": b"".join(tags.get(b"h", b"").split()).decode(),
+        }
+        try:
+            out["ok"] = bool(d.verify(idx=i, dnsfunc=dnsfunc))
+            out["error"] = ""
+        except Exception as e:  # dkim.DKIMException and lookup errors
+            out["ok"] = False
+            out["error"] = "%s: %s" % (type(e).__name__, e)
+        print(json.dumps(out))
+    sys.stdout.flush()
+
+
+main()

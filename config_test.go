@@ -248,6 +248,7 @@ func TestInvalidConfigs(t *testing.T) {
 		{"dkim missing key file", `{"dkim": [{"domain": "example.org", "key": "/nonexistent/key.pem"}]}`, []string{"/nonexistent/key.pem"}},
 		{"dkim weak key", `{"dkim": [{"domain": "example.org", "key": "dkim/testdata/rsa512.pem"}]}`, []string{"rsa512.pem"}},
 		{"dkim_sign bad domain", `{"dkim_sign": ["from", "not a domain"]}`, []string{"dkim_sign", "not a domain"}},
+		{"dkim_sign domain without signer", `{"dkim": [{"domain": "example.org"}], "dkim_sign": ["from", "other.example"]}`, []string{"dkim_sign[1]", "no dkim signer for domain other.example"}},
 		{"dkim_sign bad rule", `{"dkim_sign": [{"if": "sender ==", "then": ["from"]}, {"else": ["from"]}]}`, []string{"dkim_sign"}},
 		{"not an object", `["smtp"]`, []string{"want an object"}},
 	}

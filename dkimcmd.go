@@ -72,6 +72,7 @@ func cmdDKIM(fl caddycmd.Flags) (int, error) {
 	if err != nil {
 		return sysexits.Config, fmt.Errorf("loading config: %w", err)
 	}
+	defer func() { _ = app.Cleanup() }()
 	if app.dkim == nil {
 		return sysexits.Config, errors.New("the smtp app has no dkim signers")
 	}

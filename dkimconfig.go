@@ -28,10 +28,23 @@ func (a *App) provisionDKIM() error {
 	if err := a.DKIMSign.Compile("dkim_sign", a.env); err != nil {
 		return err
 	}
+	for i := range a.DKIM {
+		if err := a.DKIM[i].Provision(a.ctx); err != nil {
+			return fmt.Errorf("dkim[%d]: %w", i, err)
+		}
+	}
+	a.dkimDomains = map[string]bool{}
+	for _, c := range a.DKIM {
+		a.dkimDomains[strings.TrimSuffix(strings.ToLower(c.Domain), ".")] = true
+	}
 	if err := a.DKIMSign.Each("dkim_sign", func(path string, v *[]string) error {
 		for i, d := range *v {
-			if d != signFrom && !hostnamePattern.MatchString(d) {
+			switch {
+			case d == signFrom:
+			case !hostnamePattern.MatchString(d):
 				return fmt.Errorf("%s[%d]: %q is neither a domain nor %q", path, i, d, signFrom)
+			case !a.dkimDomains[strings.TrimSuffix(strings.ToLower(d), ".")]:
+				return fmt.Errorf("%s[%d]: no dkim signer for domain %s (add one to dkim)", path, i, d)
 			}
 		}
 		return nil
@@ -40,11 +53,6 @@ func (a *App) provisionDKIM() error {
 	}
 	if len(a.DKIM) == 0 {
 		return nil
-	}
-	for i := range a.DKIM {
-		if err := a.DKIM[i].Provision(a.ctx); err != nil {
-			return fmt.Errorf("dkim[%d]: %w", i, err)
-		}
 	}
 	logger := a.logger.Named("dkim")
 	signer, err := dkim.NewSigner(a.DKIM, dkim.NewKeys(a.ctx.Storage(), logger), dkim.Options{
@@ -66,7 +74,10 @@ func (a *App) provisionDKIM() error {
 	return nil
 }
 
-// chooseDKIM is dkim_sign: the domains a message is signed as.
+// chooseDKIM is dkim_sign: the domains a message is signed as. "from" is
+// the From header's domain when a signer exists for it (so that the
+// signature aligns for DMARC), and nothing otherwise: a relay for many
+// domains signs those it has keys for and passes the rest on unsigned.
 func (a *App) chooseDKIM(fromDomain, mailFrom string) []string {
 	v := rules.Vars{Sender: mailFrom, SenderDomain: domainOf(mailFrom)}
 	list, err := a.DKIMSign.Eval(&v)
@@ -78,6 +89,9 @@ func (a *App) chooseDKIM(fromDomain, mailFrom string) []string {
 	for _, d := range list {
 		if d == signFrom {
 			d = fromDomain
+			if !a.dkimDomains[strings.TrimSuffix(strings.ToLower(d), ".")] {
+				continue
+			}
 		}
 		if d != "" && !slices.Contains(out, d) {
 			out = append(out, strings.ToLower(d))

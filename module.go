@@ -104,9 +104,11 @@ type App struct {
 	DKIM []dkim.Config `json:"dkim,omitempty"`
 
 	// DKIMSign chooses the domains a message is signed as: a list of
-	// domains, where "from" stands for the domain of the message's From
-	// header field; each is signed with every signer it has (none: not
-	// signed as it). Default: ["from"]. Rule list, e.g. [{"if":
+	// domains, each signed with every signer it has in dkim (a domain
+	// named here must have one). "from" stands for the domain of the
+	// message's From header field when it has a signer, and for nothing
+	// otherwise, so that mail from other domains passes unsigned.
+	// Default: ["from"]. Rule list, e.g. [{"if":
 	// "sender_domain == 'lists.example.org'", "then":
 	// ["lists.example.org"]}, {"else": ["from"]}].
 	DKIMSign rules.Setting[[]string] `json:"dkim_sign,omitzero"`
@@ -142,6 +144,8 @@ type App struct {
 	dsnTemplate *template.Template
 	// dkim signs messages; nil when no signer is configured.
 	dkim *dkim.Signer
+	// dkimDomains are the domains with a signer, lower case.
+	dkimDomains map[string]bool
 }
 
 // The defaults Provision sets; the field comments explain each choice.

@@ -148,8 +148,9 @@ func (a *App) QueueRunning() *queue.Queue {
 	return a.queue
 }
 
-// MaxMessageSize is the largest message the queue takes from modules, the
-// admin API and sendmail (queue.max_message_size).
+// MaxMessageSize is the largest message the admin API and sendmail hand
+// to the queue (queue.max_message_size), for other modules that enqueue
+// messages from outside to apply too; Enqueue itself does not check it.
 func (a *App) MaxMessageSize() int64 { return a.Queue.MaxMessageSize }
 
 // updateQueueGauges sets the queue's gauges every 15 seconds while the

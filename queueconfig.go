@@ -82,9 +82,10 @@ type QueueConfig struct {
 	// messages are refused for now. Default: 0, no limit.
 	MaxSize int64 `json:"max_size,omitempty"`
 
-	// MaxMessageSize is the largest message, in bytes, the queue takes from
-	// Caddy modules, the admin API and `caddy sendmail` (the submission
-	// handler and smtp_send have limits of their own). Default: 64 MiB.
+	// MaxMessageSize is the largest message, in bytes, that the admin API
+	// and `caddy sendmail` hand to the queue; Caddy modules that enqueue
+	// read it with the app's MaxMessageSize method (the submission handler
+	// and smtp_send have limits of their own). Default: 64 MiB.
 	MaxMessageSize int64 `json:"max_message_size,omitempty"`
 
 	// MinFree is the free space, in bytes, kept on the embedded store's

@@ -200,6 +200,32 @@ func TestLocalReplyHasNoRemoteMTA(t *testing.T) {
 	assert.Contains(t, status, "Status: 5.4.7\r\n")
 }
 
+// TestExpiredReportsTheServersLastReply: a recipient that expired after
+// servers kept deferring it is reported with the last server and its
+// reply (RFC 3464, 2.3.5 and 2.3.6), the status staying 5.4.7.
+func TestExpiredReportsTheServersLastReply(t *testing.T) {
+	m := failedMsg()
+	r := &m.Recipients[0]
+	r.LastReply = &transport.Reply{Code: 550, Enhanced: "5.4.7", Local: true, Lines: []string{"delivery time expired"}}
+	r.LastError = "expired"
+	r.History = []queue.Attempt{
+		{Host: "mx1.example.net", Reply: &transport.Reply{Code: 421, Enhanced: "4.3.2", Lines: []string{"busy"}}},
+		{Host: "mx2.example.net", Reply: &transport.Reply{Code: 451, Enhanced: "4.7.1", Lines: []string{"greylisted"}}},
+	}
+	_, raw := build(t, goldenOptions(), m, bodyOf(origLF), failedNews)
+	status := readParts(t, raw)[1].body
+	assert.Contains(t, status, "Remote-MTA: dns; mx2.example.net\r\n")
+	assert.Contains(t, status, "Diagnostic-Code: smtp; 451 4.7.1 greylisted\r\n")
+	assert.Contains(t, status, "Status: 5.4.7\r\n")
+
+	// The last attempt reached no server: the expiry is reported as ours.
+	r.History = append(r.History, queue.Attempt{Error: "connection refused"})
+	_, raw = build(t, goldenOptions(), m, bodyOf(origLF), failedNews)
+	status = readParts(t, raw)[1].body
+	assert.NotContains(t, status, "Remote-MTA")
+	assert.Contains(t, status, "Diagnostic-Code: smtp; 550 5.4.7 delivery time expired\r\n")
+}
+
 // TestWillRetryUntilOnlyOnDelays: RFC 3464, section 2.3.9: the field MUST
 // NOT appear but in delay notices; Last-Attempt-Date MUST NOT appear when
 // there was no attempt (2.3.7).

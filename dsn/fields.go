@@ -80,8 +80,23 @@ func recipient(r *queue.Recipient, n queue.News, loc *time.Location) Recipient {
 			rec.RemoteMTA = mtaName(r.Host)
 		}
 	}
+	if a := lastAttempt(r.History); rec.Expired && a != nil && a.Reply != nil && !a.Reply.Local && a.Host != "" {
+		// An expiry is this host's decision, but the sender needs what
+		// the server said last, and which server it was (RFC 3464,
+		// sections 2.3.5 and 2.3.6: a recipient attempted over SMTP is
+		// reported with Remote-MTA and the SMTP reply).
+		rec.Reply, rec.LocalReply, rec.RemoteMTA = a.Reply.String(), false, mtaName(a.Host)
+	}
 	rec.Status = statusCode(n.Kind, r.LastReply, r.LastError)
 	return rec
+}
+
+// lastAttempt returns the last attempt of a history (nil when empty).
+func lastAttempt(history []queue.Attempt) *queue.Attempt {
+	if len(history) == 0 {
+		return nil
+	}
+	return &history[len(history)-1]
 }
 
 // statusCode returns the RFC 3463 status code of a recipient: the reply's

@@ -59,11 +59,12 @@ func runSendmail(t *testing.T, env []string, stdin string, argv ...string) (int,
 // (exit 0) and delivered, with the headers a message must have added,
 // Bcc removed and a lone dot kept (-i); the same through a link named
 // sendmail, which finds Caddy through CADDY_ADMIN; exit 75 when Caddy is
-// not running, 64 when there is no recipient.
+// not running, 64 when there is no recipient, 65 when Caddy refuses the
+// message for good.
 func TestSendmail(t *testing.T) {
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
 	admin := fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
-	p := startCaddy(t, "Caddyfile", relayConfig(admin, sink.Port, 10, peertest.FreePort(t), "\t\t\tretry 1s\n\t\t\tnotify none"))
+	p := startCaddy(t, "Caddyfile", relayConfig(admin, sink.Port, 10, peertest.FreePort(t), "\t\t\tretry 1s\n\t\t\tnotify none\n\t\t\tmax_message_size 64KB"))
 	noEnv := []string{"CADDY_ADMIN="}
 
 	t.Run("php mail()", func(t *testing.T) {
@@ -119,6 +120,11 @@ func TestSendmail(t *testing.T) {
 		assert.Equal(t, 64, code, "no recipient: EX_USAGE; %s", stderr)
 		code, _, stderr = runSendmail(t, []string{"CADDY_ADMIN=" + down}, "Subject: x\n\nhi\n", caddyBin, "sendmail", "x@relay.test")
 		assert.Equal(t, 75, code, "CADDY_ADMIN names a Caddy that is not running; %s", stderr)
+		// Refused by the running Caddy for good: not a reason to retry.
+		big := "Subject: big\n\n" + strings.Repeat("0123456789abcdef\n", 6000)
+		code, _, stderr = runSendmail(t, noEnv, big, caddyBin, "sendmail", "--address", admin, "-i", "x@relay.test")
+		assert.Equal(t, 65, code, "over max_message_size: EX_DATAERR, not a retry; %s", stderr)
+		assert.Contains(t, stderr, "max_message_size")
 	})
 	time.Sleep(500 * time.Millisecond)
 	assert.Len(t, sink.Messages(t), 3, "nothing else was sent")

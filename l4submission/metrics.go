@@ -29,7 +29,7 @@ func initMetrics() {
 		})
 		messages = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "messages_total",
-			Help: "Messages received, by the reply to their data: delivered (250), deferred (4xx) or refused (5xx).",
+			Help: "Messages received, by the reply to their data: queued (250), deferred (4xx) or refused (5xx).",
 		}, []string{"result"})
 		auths = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "auth_total",

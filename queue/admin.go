@@ -269,6 +269,9 @@ type Summary struct {
 	Ages         []string             `json:"ages"`
 	Destinations []DestinationSummary `json:"destinations"`
 	Messages     int                  `json:"messages"`
+	// MessageAges counts the messages by age, each once (a message with
+	// recipients at two destinations is in the Ages of both).
+	MessageAges []int `json:"message_ages"`
 }
 
 // DestinationSummary is one destination's part of the queue.
@@ -295,6 +298,7 @@ func (q *Queue) Summarize(ctx context.Context) (*Summary, error) {
 	now := q.now()
 	byDest := map[string]*DestinationSummary{}
 	s := &Summary{Ages: []string{"0-5m", "5-10m", "10-20m", "20-40m", "40-80m", "80-160m", "160-320m", "320m+"}}
+	s.MessageAges = make([]int, len(s.Ages))
 	cursor := ""
 	for {
 		page, next, err := q.store.List(ctx, &Filter{}, 1000, cursor)
@@ -305,6 +309,7 @@ func (q *Queue) Summarize(ctx context.Context) (*Summary, error) {
 			s.Messages++
 			age := ageOf(now, m.Arrived)
 			bucket := sort.Search(len(ageBuckets), func(i int) bool { return age < ageBuckets[i] })
+			s.MessageAges[bucket]++
 			seen := map[string]bool{}
 			for _, r := range m.Recipients {
 				if r.State.Final() {

@@ -152,7 +152,7 @@ func TestSummary(t *testing.T) {
 	for i := range 3 {
 		h.enqueue(t, "a@example.org", 0, fmt.Sprintf("u%d@dead.example", i))
 	}
-	h.enqueue(t, "a@example.org", 0, "v@slow.example", "w@slow.example")
+	h.enqueue(t, "a@example.org", 0, "v@slow.example", "w@slow.example", "x@dead.example")
 	require.Eventually(t, func() bool { return s.calls.Load() >= 2 }, 5*time.Second, 10*time.Millisecond)
 	var sum *queue.Summary
 	require.Eventually(t, func() bool {
@@ -164,9 +164,10 @@ func TestSummary(t *testing.T) {
 	assert.Equal(t, 4, sum.Messages)
 	d := sum.Destinations[0]
 	assert.Equal(t, "mx:dead.example", d.Destination)
-	assert.Equal(t, 3, d.Messages)
-	assert.Equal(t, 3, d.Ages[0], "all under 5 minutes old")
+	assert.Equal(t, 4, d.Messages)
+	assert.Equal(t, 4, d.Ages[0], "all under 5 minutes old")
 	assert.Contains(t, d.LastError, "connection refused")
 	assert.Equal(t, 1, sum.Destinations[1].Messages, "a message counts once per destination")
 	assert.Len(t, sum.Ages, 8)
+	assert.Equal(t, []int{4, 0, 0, 0, 0, 0, 0, 0}, sum.MessageAges, "in the total, a message at two destinations counts once")
 }

@@ -8,6 +8,7 @@ package queuecmd
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
+	"github.com/seed7b014b84/caddy-smtp/internal/adminclient"
 	"github.com/seed7b014b84/caddy-smtp/internal/sysexits"
 	"github.com/seed7b014b84/caddy-smtp/queueapi"
 )
@@ -257,7 +259,7 @@ func request(c *common, method, uri string, body io.Reader, ok func([]byte) erro
 	if body != nil {
 		headers = http.Header{"Content-Type": []string{"application/json"}}
 	}
-	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, headers, body)
+	resp, err := adminclient.Do(context.Background(), addr, method, uri, headers, body)
 	if err != nil {
 		return &exit{sysexits.TempFail, fmt.Errorf("the admin API at %s: %w", addr, err)}
 	}
@@ -280,6 +282,10 @@ func request(c *common, method, uri string, body io.Reader, ok func([]byte) erro
 			status = sysexits.Usage
 		case http.StatusNotFound:
 			status = sysexits.DataErr
+		case http.StatusUnauthorized, http.StatusForbidden:
+			status = sysexits.NoPerm
+		case http.StatusServiceUnavailable:
+			status = sysexits.TempFail
 		}
 		return &exit{status, fmt.Errorf("%s: %s", resp.Status, e.Error)}
 	}
@@ -471,6 +477,7 @@ func summary(c *common) error {
 		var s struct {
 			Ages         []string `json:"ages"`
 			Messages     int      `json:"messages"`
+			MessageAges  []int    `json:"message_ages"`
 			Destinations []struct {
 				Destination string `json:"destination"`
 				Messages    int    `json:"messages"`
@@ -484,14 +491,9 @@ func summary(c *common) error {
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 1, ' ', tabwriter.AlignRight)
 		fmt.Fprintf(tw, "\tT\t%s\t\n", strings.Join(s.Ages, "\t"))
-		totals := make([]int, len(s.Ages))
-		for _, d := range s.Destinations {
-			for i, n := range d.Ages {
-				if i < len(totals) {
-					totals[i] += n
-				}
-			}
-		}
+		// The total counts each message once, also one with recipients
+		// at several destinations.
+		totals := s.MessageAges
 		fmt.Fprintf(tw, "TOTAL\t%d\t%s\t\n", s.Messages, joinInts(totals))
 		for _, d := range s.Destinations {
 			name := d.Destination

@@ -39,8 +39,13 @@ type Vars struct {
 	LocalIP string
 
 	// LastError is `last_error`: the kind of error that ended the previous
-	// attempt: "" (none), "dns", "connection", "tls", "dane", "mta_sts",
-	// "rate", "concurrency", "io" or "unexpected_reply".
+	// attempt: "" (none), "dns" (a lookup failed), "connection" (no host
+	// could be reached, or the connection broke), "tls", "dane", "mta_sts",
+	// "rejected" (the server refused: see last_status),
+	// "unexpected_reply" (a reply that breaks the protocol), "config" (the
+	// route could not be made from the config), "io" (the queued message
+	// could not be read) or "lease" (the attempt was cut short because the
+	// message's lease was lost).
 	LastError string
 
 	// LastStatus is `last_status`: the SMTP reply code that ended the

@@ -14,6 +14,7 @@ package sendmail
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -34,6 +35,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
+	"github.com/seed7b014b84/caddy-smtp/internal/adminclient"
 	"github.com/seed7b014b84/caddy-smtp/internal/sysexits"
 )
 
@@ -359,7 +361,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) 
 		}
 	}
 	headers := http.Header{"Content-Type": []string{"message/rfc822"}}
-	resp, err := caddycmd.AdminAPIRequest(addr, http.MethodPost, "/smtp/queue?"+q.Encode(), headers, body)
+	resp, err := adminclient.Do(context.Background(), addr, http.MethodPost, "/smtp/queue?"+q.Encode(), headers, body)
 	if err != nil {
 		var dr *dotReaderError
 		if errors.As(err, &dr) {
@@ -388,6 +390,8 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) 
 	case resp.StatusCode == http.StatusInsufficientStorage || resp.StatusCode == http.StatusServiceUnavailable ||
 		resp.StatusCode == http.StatusNotFound:
 		return sysexits.TempFail, fmt.Errorf("not queued (%s): %s", resp.Status, answer.Error)
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		return sysexits.NoPerm, fmt.Errorf("refused by Caddy's admin endpoint (%s): %s", resp.Status, answer.Error)
 	}
 	return sysexits.Software, fmt.Errorf("unexpected answer %s: %s", resp.Status, answer.Error)
 }

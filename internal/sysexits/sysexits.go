@@ -24,6 +24,9 @@ const (
 	// TempFail: not delivered yet, but it may be later (a recipient was
 	// deferred, or the mailer could not be reached): try again.
 	TempFail = 75
+	// NoPerm: the mailer refused the caller (the admin endpoint's
+	// access rules).
+	NoPerm = 77
 	// Config: the configuration could not be loaded.
 	Config = 78
 )

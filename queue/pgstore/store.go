@@ -43,6 +43,16 @@
 // message, or it was removed. A lease that expires (its instance died) is
 // taken over by another instance once the message is due again.
 //
+// # Group commit
+//
+// Messages of up to one chunk that arrive together are written in one
+// transaction, their statements pipelined: one commit (one WAL flush) and
+// three round trips for the group. Measured (BenchmarkAdd: 1 KiB messages
+// from 40 writers, fsync on, on a 2-core machine): 2,650 messages a second
+// with a transaction per message, 17,700 with group commit. A statement
+// refused in a group (a duplicate ID) makes each of its messages commit
+// alone, so that only the bad one fails.
+//
 // # Wake-ups
 //
 // Every change that makes something due (a new message, a release, an
@@ -91,6 +101,8 @@ type Store struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	group group
+
 	mu     sync.Mutex
 	counts struct {
 		at              time.Time
@@ -126,6 +138,7 @@ func Open(ctx context.Context, url, instance string, log *zap.Logger) (*Store, e
 	}
 	lctx, lcancel := context.WithCancel(context.Background())
 	s.cancel = lcancel
+	s.startGroup(lctx)
 	go s.listen(lctx)
 	return s, nil
 }
@@ -274,8 +287,24 @@ func unavailable(err error) error {
 	return fmt.Errorf("%w: %v", delivery.ErrQueueUnavailable, err)
 }
 
-// Add stores a new message and its body, in one transaction.
+// Add stores a new message and its body, and returns once they are
+// committed: a message of one chunk with the others arriving at the same
+// time (group commit, see group.go), a larger one in a transaction of
+// its own.
 func (s *Store) Add(ctx context.Context, m *queue.Message, body io.Reader) error {
+	first, more, err := readSmall(body)
+	if err != nil {
+		return err
+	}
+	if !more {
+		return s.addSmall(m, first)
+	}
+	return s.addLarge(ctx, m, io.MultiReader(bytes.NewReader(first), body))
+}
+
+// addLarge stores a message of more than one chunk in a transaction of
+// its own, streaming its body.
+func (s *Store) addLarge(ctx context.Context, m *queue.Message, body io.Reader) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		// Read (and drop) nothing: the caller answers 451.
@@ -910,6 +939,7 @@ func (s *Store) DeleteHold(ctx context.Context, id string) (bool, error) {
 func (s *Store) Close() error {
 	s.cancel()
 	<-s.done
+	s.stopGroup()
 	s.pool.Close()
 	return nil
 }

@@ -514,9 +514,12 @@ func (q *Queue) startJob(cfg *Config, j *job, suspended bool) {
 		if !suspended {
 			j.dest.inflight--
 			q.inflight--
-			if !q.stopping {
+			if !q.stopping && j.am.ctx.Err() == nil {
 				// At a stop, attempts cut short say nothing of the
-				// destination.
+				// destination; nor do attempts cut by the end of the
+				// lease (taken over by another instance, or not
+				// renewed), which would otherwise suspend it for every
+				// instance.
 				q.feedback(cfg, j, reports)
 			}
 		}
@@ -652,6 +655,9 @@ func (q *Queue) apply(cfg *Config, j *job, reports []delivery.RecipientReport, s
 		}
 	}
 	am.mu.Unlock()
+	if errors.Is(err, ErrStaleLease) {
+		cfg.Logger.Warn("result not recorded: the lease was lost to another instance", zap.String("id", m.ID))
+	}
 	if err != nil && !errors.Is(err, ErrStaleLease) {
 		// What happened happened, and is reported as it did; but the
 		// store does not know it, so the recipients may be tried again.
@@ -881,6 +887,13 @@ func (q *Queue) renew() {
 	}
 	for _, l := range stale {
 		if am := byToken[l.Token]; am != nil {
+			q.mu.Lock()
+			released := am.releasing
+			q.mu.Unlock()
+			if released {
+				// Released (and removed) meanwhile: not lost.
+				continue
+			}
 			am.ctx.cancel(ErrStaleLease)
 			am.mu.Lock()
 			am.stale = true

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -404,17 +405,63 @@ func (c *Client) deadline(ctx context.Context, p Phase, read bool) (stop func())
 	if read {
 		set = c.conn.SetReadDeadline
 	}
-	var d time.Time
+	var phaseEnd time.Time
 	if limit := c.opts.Timeouts.of(p); limit > 0 {
-		d = time.Now().Add(limit)
+		phaseEnd = time.Now().Add(limit)
 	}
-	if cd, ok := ctx.Deadline(); ok && (d.IsZero() || cd.Before(d)) {
-		d = cd
+	var mu sync.Mutex
+	var timer *time.Timer
+	stopped := false
+	// apply sets the connection's deadline to the phase's end, or the
+	// context's deadline if sooner. The context's deadline may move later
+	// while the I/O runs (a queue lease renewed): shortly before the
+	// deadline set, it looks again. Called with mu held.
+	var apply func()
+	apply = func() {
+		if stopped {
+			return
+		}
+		d := phaseEnd
+		cd, ok := ctx.Deadline()
+		byCtx := ok && (d.IsZero() || cd.Before(d))
+		if byCtx {
+			d = cd
+		}
+		_ = set(d)
+		if byCtx {
+			if wait := time.Until(d) - deadlineRecheck; wait > 0 {
+				timer = time.AfterFunc(wait, func() {
+					mu.Lock()
+					defer mu.Unlock()
+					apply()
+				})
+			}
+		}
 	}
-	_ = set(d)
-	cancel := context.AfterFunc(ctx, func() { _ = set(time.Unix(1, 0)) })
-	return func() { cancel() }
+	mu.Lock()
+	apply()
+	mu.Unlock()
+	cancel := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			_ = set(time.Unix(1, 0))
+		}
+	})
+	return func() {
+		cancel()
+		mu.Lock()
+		stopped = true
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+	}
 }
+
+// deadlineRecheck is how long before a deadline that came from the
+// context the context's deadline is read again.
+const deadlineRecheck = 250 * time.Millisecond
 
 // fail marks the session broken and wraps err with the phase.
 func (c *Client) fail(ctx context.Context, p Phase, err error) error {

@@ -50,6 +50,9 @@ type fakeOptions struct {
 	// line), or "" for the normal reply. A reply ending in closeMark is
 	// followed by closing the connection.
 	Reply func(n int, verb string) string
+	// Delay, if set, is how long the server waits before the reply to a
+	// command (verb as for Reply) on connection n.
+	Delay func(n int, verb string) time.Duration
 	// Unsolicited, if set, is written on connection n Delay after the
 	// reply to the end of its first message (a line nobody asked for).
 	Unsolicited func(n int) (delay time.Duration, line string)
@@ -181,6 +184,9 @@ func (s *fakeServer) serve(n int, raw net.Conn) {
 		}
 	}
 	reply := func(verb, normal string) string {
+		if s.opts.Delay != nil {
+			time.Sleep(s.opts.Delay(n, verb))
+		}
 		if s.opts.Reply != nil {
 			if r := s.opts.Reply(n, verb); r != "" {
 				return r

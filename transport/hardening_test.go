@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -426,4 +427,59 @@ func TestGoSMTPSize(t *testing.T) {
 		assert.Equal(t, g.read, g.declared, "SIZE= and the octets read")
 		assert.Equal(t, int64(len(body)+51), g.read)
 	}
+}
+
+// movingDeadline is a context whose deadline moves later while it lives,
+// as the queue's lease context does when the lease is renewed.
+type movingDeadline struct {
+	context.Context
+	mu sync.Mutex
+	d  time.Time
+}
+
+func (m *movingDeadline) Deadline() (time.Time, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.d, true
+}
+
+func (m *movingDeadline) extend(d time.Time) {
+	m.mu.Lock()
+	m.d = d
+	m.mu.Unlock()
+}
+
+// TestDeadlineFollowsContext: a reply slower than the context's deadline
+// at the time it was awaited is still read when the deadline moved later
+// meanwhile (a lease renewed), instead of cutting a transaction whose
+// message the server may already have taken.
+func TestDeadlineFollowsContext(t *testing.T) {
+	s := startFakeServer(t, fakeOptions{Delay: func(_ int, verb string) time.Duration {
+		if verb == "END" {
+			return 1500 * time.Millisecond
+		}
+		return 0
+	}})
+	c, err := session(t, s.Addr, Options{Timeouts: Timeouts{Greeting: 5 * time.Second, EHLO: 5 * time.Second,
+		MailFrom: 5 * time.Second, RcptTo: 5 * time.Second, Data: time.Minute}})
+	require.NoError(t, err)
+	ctx := &movingDeadline{Context: t.Context(), d: time.Now().Add(700 * time.Millisecond)}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for range 50 {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				ctx.extend(time.Now().Add(700 * time.Millisecond))
+			}
+		}
+	}()
+	res, err := c.Deliver(ctx, envelope("a@example.test"), strings.NewReader(testBody))
+	require.NoError(t, err)
+	assert.Equal(t, Delivered, res[0].Status)
+	assert.Len(t, s.Messages(), 1)
 }

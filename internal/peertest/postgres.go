@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -96,13 +97,33 @@ func (p *Postgres) Stop(immediate bool) {
 	if immediate {
 		sig = syscall.SIGQUIT
 	}
-	// runuser passes the signal on to postgres.
-	_ = p.proc.cmd.Process.Signal(sig)
+	// runuser passes SIGTERM on, but neither SIGINT nor SIGQUIT: the
+	// postmaster itself is signalled (postmaster.pid's first line).
+	if pid := p.postmasterPID(); pid > 0 {
+		_ = syscall.Kill(pid, sig)
+	} else {
+		_ = p.proc.cmd.Process.Signal(sig)
+	}
 	select {
 	case <-p.proc.done:
 	case <-time.After(20 * time.Second):
 		_ = procstat.StopGroup(p.proc.cmd.Process.Pid, p.proc.done, time.Second)
 	}
+}
+
+// postmasterPID is the running postmaster's process ID, from its
+// postmaster.pid file (0 when there is none).
+func (p *Postgres) postmasterPID() int {
+	b, err := os.ReadFile(filepath.Join(p.dir, "data", "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		return 0
+	}
+	return pid
 }
 
 // Log returns the server's log.

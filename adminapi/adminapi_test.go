@@ -20,17 +20,7 @@ import (
 	"github.com/seed7b014b84/caddy-smtp/internal/peertest"
 )
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "caddy-smtp-adminapi-")
-	if err != nil {
-		panic(err)
-	}
-	os.Setenv("XDG_DATA_HOME", dir+"/data")
-	os.Setenv("XDG_CONFIG_HOME", dir+"/config")
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(peertest.RunIsolated(m)) }
 
 // admin is a running Caddy whose smtp app routes soft.test to a sink that
 // defers every recipient and the rest to one that takes them.

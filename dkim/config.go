@@ -89,7 +89,9 @@ type PublishConfig struct {
 	// Default: found by looking up the SOA of the record's name.
 	Zone string `json:"zone,omitempty"`
 
-	// TTL is the records' TTL. Default: 1h.
+	// TTL is the records' TTL, in whole seconds (a fraction is dropped);
+	// at least 1s. In JSON write a duration string such as "1h": a bare
+	// number is nanoseconds. Default: 1h.
 	TTL caddy.Duration `json:"ttl,omitempty"`
 
 	// Provider is the loaded DNS provider: set by Provision from DNSRaw,
@@ -199,8 +201,15 @@ func (c Config) check(i int) (*signerConf, error) {
 		}
 		sc.publish = c.Publish
 		sc.ttl = time.Duration(c.Publish.TTL)
-		if sc.ttl <= 0 {
+		switch {
+		case sc.ttl <= 0:
 			sc.ttl = time.Hour
+		case sc.ttl < time.Second:
+			// A DNS TTL counts seconds: this would be a TTL of 0, an
+			// answer resolvers do not cache (so it never replaces an
+			// NXDOMAIN they cached before the record was set). Most
+			// likely a bare JSON number, which is nanoseconds.
+			return nil, fmt.Errorf("%s: publish: ttl: %s is less than a second (a DNS TTL counts whole seconds; in JSON write a duration such as \"1h\": a bare number is nanoseconds)", where, sc.ttl)
 		}
 	}
 	return sc, nil

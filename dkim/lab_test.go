@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	msgdkim "github.com/emersion/go-msgauth/dkim"
+	"github.com/miekg/dns"
 	"github.com/stretchr/testify/require"
 
 	"github.com/seed7b014b84/caddy-smtp/internal/peertest"
@@ -97,6 +99,9 @@ type pyResult struct {
 	D, S, A, H string
 	OK         bool
 	Error      string
+	// Key is the key record python3-dkim was given ("(NXDOMAIN)" or
+	// "(NoAnswer)" when none).
+	Key string
 }
 
 // pythonVerify verifies every signature of the message in file with
@@ -118,6 +123,30 @@ func (l *lab) pythonVerify(t *testing.T, file string) []pyResult {
 		res = append(res, r)
 	}
 	return res
+}
+
+// knotVerify verifies every signature of msg with go-msgauth, the keys
+// read from Knot itself: against what the zone publishes now, with no
+// resolver cache in between (unbound's may still hold an NXDOMAIN from
+// before the record was set).
+func (l *lab) knotVerify(t *testing.T, msg []byte) []*msgdkim.Verification {
+	t.Helper()
+	lookup := func(name string) ([]string, error) {
+		m := peertest.Query(t, l.knot.Addr, name, dns.TypeTXT, false)
+		var out []string
+		for _, rr := range m.Answer {
+			if txt, ok := rr.(*dns.TXT); ok {
+				out = append(out, strings.Join(txt.Txt, ""))
+			}
+		}
+		if len(out) == 0 {
+			return nil, fmt.Errorf("%s: no TXT record in Knot (%s)", name, dns.RcodeToString[m.Rcode])
+		}
+		return out, nil
+	}
+	vs, err := msgdkim.VerifyWithOptions(bytes.NewReader(msg), &msgdkim.VerifyOptions{LookupTXT: lookup})
+	require.NoError(t, err)
+	return vs
 }
 
 // opendkimVerify runs opendkim-testmsg on the message in file, with the C

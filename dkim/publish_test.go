@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
@@ -17,16 +18,21 @@ import (
 	"github.com/seed7b014b84/caddy-smtp/internal/peertest"
 )
 
+// sigSelectors returns the selectors of a Signing's signatures.
+func sigSelectors(g *Signing) []string {
+	var out []string
+	for _, sig := range g.Signatures() {
+		out = append(out, sig.Selector)
+	}
+	return out
+}
+
 // selectors returns the selectors of the signatures a Signer makes now for
 // a message from example.test, and the Signing.
 func selectors(t *testing.T, s *Signer) ([]string, *Signing) {
 	t.Helper()
 	_, g := sign(t, s, Envelope{}, testMessage("alice@example.test", "Hello\r\n"), 0)
-	var out []string
-	for _, sig := range g.Signatures() {
-		out = append(out, sig.Selector)
-	}
-	return out, g
+	return sigSelectors(g), g
 }
 
 // eventually waits, at most 30 s, until cond holds.
@@ -58,6 +64,33 @@ func readState(t *testing.T, dir, domain string) *rotationState {
 	return &st
 }
 
+// checkPublished checks a signed message: each signature verifies
+// against the record Knot serves now (the key that signed is the one
+// published), that record's key is the one in storage, and the verifiers
+// agree, asking unbound.
+func checkPublished(t *testing.T, l *lab, dir string, signed []byte, g *Signing) {
+	t.Helper()
+	require.NoError(t, g.Err())
+	vs := l.knotVerify(t, signed)
+	require.Len(t, vs, len(g.Signatures()))
+	for _, v := range vs {
+		assert.NoError(t, v.Err, "go-msgauth, keys from Knot: %s", v.Domain)
+	}
+	stored := NewKeys(&certmagic.FileStorage{Path: dir}, nil)
+	for _, sig := range g.Signatures() {
+		k, err := stored.Load(t.Context(), sig.Domain, sig.Selector)
+		require.NoError(t, err)
+		m := peertest.Query(t, l.knot.Addr, strings.TrimSuffix(k.Name(), "."), dns.TypeTXT, false)
+		require.Len(t, m.Answer, 1, "%s in Knot", k.Name())
+		pub, _ := recordKey(strings.Join(m.Answer[0].(*dns.TXT).Txt, ""))
+		assert.Equal(t, k.PublicKey(), pub, "%s: Knot's record holds the key in storage", k.Name())
+	}
+	for _, r := range l.pythonVerify(t, writeMessage(t, signed)) {
+		assert.True(t, r.OK, "python3-dkim: %+v", r)
+	}
+	assert.NoError(t, l.opendkimVerify(t, writeMessage(t, signed)))
+}
+
 // TestPublishAndRotate: two instances on one storage folder, whose signers
 // publish through a DNS provider (RFC 2136 updates into Knot, the zone
 // found by its SOA through unbound):
@@ -73,9 +106,16 @@ func TestPublishAndRotate(t *testing.T) {
 	p := &rfc2136{server: l.knot.Addr}
 	p.hold()
 	dir := t.TempDir()
+	// A TTL of a second, not 0: while the records are held, the signers'
+	// checks leave an NXDOMAIN for each name in unbound's cache, which
+	// the verifiers ask too. unbound does not cache an answer of TTL 0
+	// (nor drop the NXDOMAIN for it), so once a signer had seen the record
+	// and switched to its key, the verifiers were still told, for up to
+	// two seconds, that the record did not exist.
+	ttl := caddy.Duration(time.Second)
 	cfgs := []Config{
-		{Domain: "example.test", Publish: &PublishConfig{Provider: p, TTL: 1}},
-		{Domain: "example.test", Algorithm: Ed25519SHA256, Publish: &PublishConfig{Provider: p, TTL: 1}},
+		{Domain: "example.test", Publish: &PublishConfig{Provider: p, TTL: ttl}},
+		{Domain: "example.test", Algorithm: Ed25519SHA256, Publish: &PublishConfig{Provider: p, TTL: ttl}},
 	}
 	opts := Options{Resolver: l.resolver, Nameservers: []string{"udp://" + l.unbound.Addr},
 		CheckInterval: 100 * time.Millisecond, RetireAfter: 8 * time.Second, Logger: testLogger(t)}
@@ -106,10 +146,7 @@ func TestPublishAndRotate(t *testing.T) {
 		})
 		signed, g := sign(t, s, Envelope{}, testMessage("alice@example.test", "Hello\r\n"), 0)
 		require.NoError(t, g.Err(), "instance %d", i)
-		for _, r := range l.pythonVerify(t, writeMessage(t, signed)) {
-			assert.True(t, r.OK, "python3-dkim: %+v", r)
-		}
-		assert.NoError(t, l.opendkimVerify(t, writeMessage(t, signed)))
+		checkPublished(t, l, dir, signed, g)
 	}
 	// Both instances may set a record (each saw it missing before its
 	// update was let through): the same record, as SetRecords replaces
@@ -155,11 +192,9 @@ func TestPublishAndRotate(t *testing.T) {
 			assert.Empty(t, st.Signers["s1"].Next)
 			assert.Equal(t, dns.RcodeSuccess, peertest.Query(t, l.knot.Addr, "s1._domainkey.example.test", dns.TypeTXT, false).Rcode)
 		}
-		signed, _ := sign(t, s, Envelope{}, testMessage("alice@example.test", "Hello\r\n"), 0)
-		for _, r := range l.pythonVerify(t, writeMessage(t, signed)) {
-			assert.True(t, r.OK, "python3-dkim: %+v", r)
-		}
-		assert.NoError(t, l.opendkimVerify(t, writeMessage(t, signed)))
+		signed, g := sign(t, s, Envelope{}, testMessage("alice@example.test", "Hello\r\n"), 0)
+		require.Equal(t, []string{"s1-" + day, "e1-" + day}, sigSelectors(g), "instance %d", i)
+		checkPublished(t, l, dir, signed, g)
 	}
 
 	// The old records stay until RetireAfter, then go.

@@ -281,6 +281,7 @@ func TestConfigErrors(t *testing.T) {
 		{[]Config{{Domain: "example.org", Key: "testdata/ec.pem"}}, "*ecdsa.PrivateKey key: want RSA or Ed25519"},
 		{[]Config{{Domain: "example.org", Key: "testdata/ed25519.pem", Algorithm: RSASHA256}}, "testdata/ed25519.pem holds an ed25519-sha256 key, the config says rsa-sha256"},
 		{[]Config{{Domain: "example.org", Publish: &PublishConfig{}}}, "dkim[0]: publish: no DNS provider"},
+		{[]Config{{Domain: "example.org", Publish: &PublishConfig{Provider: &rfc2136{}, TTL: 3600}}}, "dkim[0]: publish: ttl: 3.6µs is less than a second"},
 		{[]Config{{Domain: "example.org", Selector: strings.Repeat("s", 60)}}, "too long to rotate"},
 	}
 	for _, c := range cases {

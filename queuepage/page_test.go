@@ -28,17 +28,7 @@ import (
 	"github.com/seed7b014b84/caddy-smtp/internal/peertest"
 )
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "caddy-smtp-queuepage-")
-	if err != nil {
-		panic(err)
-	}
-	os.Setenv("XDG_DATA_HOME", dir+"/data")
-	os.Setenv("XDG_CONFIG_HOME", dir+"/config")
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(peertest.RunIsolated(m)) }
 
 const (
 	user     = "admin"

@@ -1,14 +1,18 @@
-// Command smtpbench measures, in one run, how fast this module's smtp app
-// delivers to smtp-sink, against a private Postfix relaying the same
-// messages to the same kind of sink, and against smtp-source sending
-// straight to it (the ceiling), and prints one markdown table.
+// Command smtpbench measures this module's smtp app against a private
+// Postfix and against smtp-sink's own ceiling, in one run per mode, and
+// prints one markdown table per mode:
 //
-//	go run ./cmd/smtpbench [-n 20000] [-size 1024] [-conns 20] [-dir /dev/shm]
+//	go run ./cmd/smtpbench                  # -mode e2e: smtp-source → receiver (queue on disk) → smtp-sink
+//	go run ./cmd/smtpbench -mode transport  # the in-process delivery engine against Postfix's queue drain
+//	go run ./cmd/smtpbench -mode backlog    # 1,000,000 queued while the destination is down; restart; drain
+//	go run ./cmd/smtpbench -mode large      # peak memory per 50 MiB message through each entry path
 //
-// It must run as root (smtp-sink and Postfix switch users) on a machine with
-// Postfix installed (smtp-sink, smtp-source, postfix). Everything it starts
-// listens on fresh 127.0.0.1 ports and is stopped before it exits, on
-// Ctrl-C too. BENCHMARKS.md explains the method and holds a run's table.
+// The e2e, backlog and large modes run the Caddy binary built from
+// xcaddy.json (as e2e builds it, or -caddy PATH). The command must run as
+// root (smtp-sink and Postfix switch users) on a machine with Postfix
+// installed (smtp-sink, smtp-source, postfix). Everything it starts listens
+// on fresh 127.0.0.1 ports and is stopped before it exits, on Ctrl-C too.
+// BENCHMARKS.md explains the method and holds a run's tables.
 package main
 
 import (
@@ -57,16 +61,45 @@ func (c *cleanups) run() {
 }
 
 func run() int {
-	n := flag.Int("n", 20000, "messages per sender")
+	mode := flag.String("mode", "e2e", "e2e, transport, backlog or large")
+	n := flag.Int("n", 0, "messages per sender (default 20000; in backlog mode 1000000)")
 	size := flag.Int("size", 1024, "body size in bytes (headers come on top, as with smtp-source -l)")
 	conns := flag.Int("conns", 20, "connections: the app's delivering goroutines and remote concurrency, Postfix's destination concurrency, smtp-source -s")
-	base := flag.String("dir", defaultDir(), "directory for the peers' files (the Postfix queue among them); tmpfs by default")
+	base := flag.String("dir", "", "directory for the peers' files and the queues (default /var/tmp, a disk; /dev/shm, tmpfs, in transport mode)")
+	caddyBin := flag.String("caddy", "", "the Caddy binary to run (default: built from xcaddy.json into the run's directory)")
+	profDir := flag.String("profile", "", "write CPU profiles of caddy (pprof, through its admin endpoint) into this directory")
+	profSecs := flag.Int("profile-seconds", 30, "length of each CPU profile; the phase waits for it to end")
+	quiet := flag.Duration("quiet", 2*time.Second, "before each measurement, wait until the machine was this long nearly idle (under a quarter of a core busy); 0 = do not wait")
+	quietMax := flag.Duration("quiet-max", 2*time.Minute, "the longest wait for a quiet machine; then it measures anyway")
+	refN := flag.Int("ref", 20000, "backlog mode: messages of the reference run (a nearly empty queue)")
+	retry := flag.Duration("retry", 0, "backlog mode: queue.retry of the main run (default: three times the fill time the reference run predicts, at least 2m)")
+	refRetry := flag.Duration("ref-retry", 2*time.Minute, "backlog mode: queue.retry of the reference run")
+	largeSize := flag.Int64("large", 50<<20, "large mode: message size in bytes")
 	timeout := flag.Duration("timeout", 5*time.Minute, "limit for each sender's phase")
 	keep := flag.Bool("keep", false, "keep the peers' files (logs, Postfix's maillog) after the run")
 	verbose := flag.Bool("v", false, "also print where Postfix's CPU time went, per program")
 	flag.Parse()
-	if *n < 1 || *size < 0 || *conns < 1 {
-		fmt.Fprintln(os.Stderr, "smtpbench: -n and -conns must be positive, -size not negative")
+	switch *mode {
+	case "e2e", "transport", "large":
+		if *n == 0 {
+			*n = 20000
+		}
+	case "backlog":
+		if *n == 0 {
+			*n = 1000000
+		}
+	default:
+		fmt.Fprintf(os.Stderr, "smtpbench: -mode %q: not e2e, transport, backlog or large\n", *mode)
+		return 2
+	}
+	if *base == "" {
+		*base = "/var/tmp"
+		if *mode == "transport" {
+			*base = defaultDir()
+		}
+	}
+	if *n < 1 || *size < 0 || *conns < 1 || *refN < 1 || *largeSize < 1 || *refRetry <= 0 || *retry < 0 {
+		fmt.Fprintln(os.Stderr, "smtpbench: -n, -conns, -ref, -large and -ref-retry must be positive, -size and -retry not negative")
 		return 2
 	}
 	if os.Geteuid() != 0 {
@@ -93,8 +126,17 @@ func run() int {
 		cl.add(func() { _ = os.RemoveAll(dir) })
 	}
 
-	b := &bench{ctx: ctx, dir: dir, n: *n, size: *size, conns: *conns, timeout: *timeout, cl: &cl, verbose: *verbose}
-	if err := b.all(); err != nil {
+	if *profDir != "" {
+		if err := os.MkdirAll(*profDir, 0o755); err != nil {
+			fmt.Fprintf(os.Stderr, "smtpbench: %v\n", err)
+			return 1
+		}
+	}
+	b := &bench{ctx: ctx, dir: dir, n: *n, size: *size, conns: *conns, timeout: *timeout, cl: &cl, verbose: *verbose,
+		caddyFlag: *caddyBin, profileDir: *profDir, profileSeconds: *profSecs, quiet: *quiet, quietMax: *quietMax,
+		refN: *refN, retry: *retry, refRetry: *refRetry, largeSize: *largeSize}
+	run := map[string]func() error{"e2e": b.e2e, "transport": b.all, "backlog": b.backlog, "large": b.large}[*mode]
+	if err := run(); err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("interrupted: %w", err)
 		}
@@ -124,6 +166,40 @@ type bench struct {
 	appStartRSS       int64
 	appLogLines       int
 	verbose           bool
+
+	caddyFlag, caddyBin string // -caddy, and the binary run
+	profileDir          string
+	profileSeconds      int
+	quiet, quietMax     time.Duration
+	refN                int           // backlog: the reference run's messages
+	retry, refRetry     time.Duration // backlog: queue.retry of the main and the reference runs
+	largeSize           int64
+}
+
+// waitQuiet waits until the machine's busy CPU over the last b.quiet was
+// under a quarter of one core, for at most b.quietMax; other work shares
+// this machine, and the table's last line says what it took anyway.
+func (b *bench) waitQuiet() {
+	if b.quiet <= 0 {
+		return
+	}
+	deadline := time.Now().Add(b.quietMax)
+	for {
+		busy0 := machineBusy()
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-time.After(b.quiet):
+		}
+		used := machineBusy() - busy0
+		if used < b.quiet/4 {
+			return
+		}
+		if time.Now().After(deadline) {
+			progress("the machine is busy (%.2f CPU-s in the last %v); measuring anyway", used.Seconds(), b.quiet)
+			return
+		}
+	}
 }
 
 func progress(format string, args ...any) {
@@ -228,7 +304,7 @@ func (b *bench) postfixPhase() (result, error) {
 	if err != nil {
 		return r, err
 	}
-	pf, err := startRelay(b.ctx, d, s.port, b.conns, b.n)
+	pf, err := startRelay(b.ctx, d, s.port, b.conns, b.n, true)
 	if err != nil {
 		return r, err
 	}

@@ -24,8 +24,10 @@ type relay struct {
 	proc             *proc
 }
 
-// startRelay starts the instance in dir, with deliveries deferred
-// (defer_transports = smtp) so that its queue can be filled first.
+// startRelay starts the instance in dir. With hold, deliveries are
+// deferred (defer_transports = smtp) so that its queue can be filled first
+// (the transport mode); without, it relays what it receives at once (the
+// end-to-end mode).
 //
 // It is run as internal/peertest runs its Postfix (see StartPostfix's
 // comment for each reason): queue directories made here, "master -d" in
@@ -43,7 +45,7 @@ type relay struct {
 //     default_process_limit above conns, for smtpd and smtp processes.
 //   - Connection caching is Postfix's default (on demand, when a
 //     destination has a backlog, which it has).
-func startRelay(ctx context.Context, dir string, sinkPort, conns, n int) (*relay, error) {
+func startRelay(ctx context.Context, dir string, sinkPort, conns, n int, hold bool) (*relay, error) {
 	postconf, err := lookPath("postconf")
 	if err != nil {
 		return nil, err
@@ -87,12 +89,14 @@ func startRelay(ctx context.Context, dir string, sinkPort, conns, n int) (*relay
 		"biff = no",
 		"smtpd_peername_lookup = no",
 		"smtp_dns_support_level = disabled",
-		"defer_transports = smtp",
 		fmt.Sprintf("smtp_destination_concurrency_limit = %d", conns),
 		fmt.Sprintf("initial_destination_concurrency = %d", conns),
 		fmt.Sprintf("default_process_limit = %d", max(100, 2*conns+20)),
 		fmt.Sprintf("qmgr_message_active_limit = %d", max(n, 20000)),
 		fmt.Sprintf("qmgr_message_recipient_limit = %d", max(n, 20000)),
+	}
+	if hold {
+		mainCF = append(mainCF, "defer_transports = smtp")
 	}
 	if err := os.WriteFile(filepath.Join(r.conf, "main.cf"), []byte(strings.Join(mainCF, "\n")+"\n"), 0o644); err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -346,3 +347,44 @@ func (w window) endAt(r *result, m windowMark) {
 }
 
 func (w window) end(r *result) { w.endAt(r, windowEnd(w.s)) }
+
+// cpuSnapshot is every process's CPU so far, by pid.
+type cpuSnapshot map[int]procstatProc
+
+type procstatProc struct {
+	comm string
+	cpu  time.Duration
+}
+
+func snapshotCPU() cpuSnapshot {
+	m := cpuSnapshot{}
+	for _, p := range procstat.All() {
+		m[p.PID] = procstatProc{comm: p.Comm, cpu: p.CPU}
+	}
+	return m
+}
+
+// topSince lists the processes that used the most CPU since s (at most n,
+// those over 10 ms), as "comm(pid) seconds".
+func (s cpuSnapshot) topSince(n int) string {
+	type use struct {
+		name string
+		d    time.Duration
+	}
+	var uses []use
+	for pid, p := range snapshotCPU() {
+		d := p.cpu - s[pid].cpu
+		if d > 10*time.Millisecond {
+			uses = append(uses, use{fmt.Sprintf("%s(%d)", p.comm, pid), d})
+		}
+	}
+	sort.Slice(uses, func(i, j int) bool { return uses[i].d > uses[j].d })
+	var parts []string
+	for i, u := range uses {
+		if i == n {
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2f", u.name, u.d.Seconds()))
+	}
+	return strings.Join(parts, ", ")
+}

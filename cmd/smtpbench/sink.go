@@ -30,11 +30,17 @@ type sink struct {
 // ends, a QUIT is read or a message's final dot is; stdout is a file, so
 // the count can be read without this process spending CPU on a pipe.
 func startSink(ctx context.Context, dir string, conns int) (*sink, error) {
-	bin, err := lookPath("smtp-sink")
+	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	return startSinkOn(ctx, dir, port, conns)
+}
+
+// startSinkOn is startSink on a given port (the backlog mode's
+// destination, down until then).
+func startSinkOn(ctx context.Context, dir string, port, conns int) (*sink, error) {
+	bin, err := lookPath("smtp-sink")
 	if err != nil {
 		return nil, err
 	}

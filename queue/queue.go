@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -138,6 +139,10 @@ type Queue struct {
 	now   func() time.Time
 
 	wakeCh chan struct{}
+	// nextDue is the store's last answer to NextDue, at nextDueAsked
+	// (zero: none); only the scheduler's goroutine uses them.
+	nextDue, nextDueAsked time.Time
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -429,11 +434,24 @@ func (a *atEOF) Read(p []byte) (int, error) {
 // the message's Prefix.
 func (q *Queue) Body(ctx context.Context, m *Message) (Body, error) {
 	b, err := q.store.Body(ctx, m.ID)
-	if err != nil || m.Prefix == "" {
-		return b, err
+	if err != nil {
+		return nil, err
 	}
-	return &prefixed{prefix: m.Prefix, Body: b}, nil
+	return q.withPrefix(m, b), nil
 }
+
+// withPrefix returns b after m's prefix (header fields the queue adds).
+func (q *Queue) withPrefix(m *Message, b Body) Body {
+	if m.Prefix == "" {
+		return b
+	}
+	return &prefixed{prefix: m.Prefix, Body: b}
+}
+
+// memBody is a body in memory.
+type memBody struct{ *bytes.Reader }
+
+func (memBody) Close() error { return nil }
 
 // prefixed is a body after header fields.
 type prefixed struct {

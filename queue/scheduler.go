@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -153,9 +154,7 @@ func (q *Queue) run() {
 		case more:
 			wait = 0
 		default:
-			if next, ok, err := q.store.NextDue(q.ctx); err == nil && ok {
-				wait = min(max(time.Until(next), 0), maxPoll)
-			}
+			wait = q.untilNextDue()
 		}
 		if !timer.Stop() {
 			select {
@@ -182,6 +181,35 @@ func (q *Queue) run() {
 			q.syncLimits(lim)
 		}
 	}
+}
+
+// nextDueEvery is how often, at most, the scheduler asks the store when the
+// next message is due while jobs are in flight.
+const nextDueEvery = time.Second
+
+// untilNextDue returns how long the scheduler may sleep before the next
+// message not in delivery is due, at most maxPoll. While jobs are in
+// flight the loop wakes at the end of each one, thousands of times a
+// second; it then asks the store at most every nextDueEvery and keeps an
+// answer that is still ahead. What makes a message due sooner than that
+// (a new message, a release, an administrator's change) wakes the loop,
+// which leases it at once if it is due; one due later than it is, but
+// sooner than the answer kept, waits at most nextDueEvery more.
+func (q *Queue) untilNextDue() time.Duration {
+	now := time.Now()
+	q.mu.Lock()
+	busy := q.inflight > 0
+	q.mu.Unlock()
+	if busy && now.Sub(q.nextDueAsked) < nextDueEvery && q.nextDue.After(now) {
+		return min(q.nextDue.Sub(now), maxPoll)
+	}
+	q.nextDueAsked, q.nextDue = now, time.Time{}
+	next, ok, err := q.store.NextDue(q.ctx)
+	if err != nil || !ok {
+		return maxPoll
+	}
+	q.nextDue = next
+	return min(max(time.Until(next), 0), maxPoll)
 }
 
 // activate leases due messages while the active set has room, and routes
@@ -344,7 +372,9 @@ func (q *Queue) route(cfg *Config, am *activeMsg, due []int) {
 					Error: rt.Err.Error(), ErrorClass: "config",
 					Reply: &transport.Reply{Code: 451, Enhanced: "4.3.5", Lines: []string{"routing: " + rt.Err.Error()}, Local: true}}
 			}
-			q.apply(cfg, &job{am: am, route: rt}, reports, false)
+			outs := q.apply(cfg, &job{am: am, route: rt}, reports, false)
+			q.save(cfg, am)
+			q.reportAll(cfg, m, outs)
 			continue
 		}
 		jobs = append(jobs, &job{am: am, route: rt})
@@ -509,11 +539,9 @@ func (q *Queue) startJob(cfg *Config, j *job, suspended bool) {
 		} else {
 			reports = q.deliver(cfg, j)
 		}
-		q.apply(cfg, j, reports, suspended)
+		outs := q.apply(cfg, j, reports, suspended)
 		q.mu.Lock()
 		if !suspended {
-			j.dest.inflight--
-			q.inflight--
 			if !q.stopping && j.am.ctx.Err() == nil {
 				// At a stop, attempts cut short say nothing of the
 				// destination; nor do attempts cut by the end of the
@@ -522,13 +550,28 @@ func (q *Queue) startJob(cfg *Config, j *job, suspended bool) {
 				// instance.
 				q.feedback(cfg, j, reports)
 			}
+			// The destination's slot is free once the attempt ended
+			// and its feedback is in, not once the results are
+			// written: the next job starts meanwhile.
+			j.dest.inflight--
+			q.inflight--
 		}
 		j.am.pending--
 		last := j.am.pending == 0
 		q.mu.Unlock()
+		if !suspended {
+			q.wake()
+		}
+		// The last job's results are written by the release, in the
+		// same transaction that removes the message or sets its next
+		// attempt: one write, not two. The others' are written at once.
 		if last {
 			q.release(j.am)
+		} else {
+			q.save(cfg, j.am)
 		}
+		// Logged and emitted once written.
+		q.reportAll(cfg, j.am.lease.Message, outs)
 		q.wake()
 	}()
 }
@@ -552,6 +595,11 @@ func (q *Queue) deliver(cfg *Config, j *job) []delivery.RecipientReport {
 		return fail("lease", "the lease ended: it could not be renewed", nil)
 	}
 	am.bodyOnce.Do(func() {
+		if b := am.lease.Body; b != nil {
+			// Read with the lease.
+			am.body = q.withPrefix(am.lease.Message, memBody{bytes.NewReader(b)})
+			return
+		}
 		am.body, am.bodyErr = q.Body(q.jobCtx, am.lease.Message)
 	})
 	if am.bodyErr != nil {
@@ -579,16 +627,19 @@ func suspendedReports(j *job, d *destination) []delivery.RecipientReport {
 	return reports
 }
 
-// apply writes the outcome of a job into its message, saves it, and logs
-// and emits each recipient's outcome.
-func (q *Queue) apply(cfg *Config, j *job, reports []delivery.RecipientReport, suspended bool) {
+// outcome is a recipient's outcome of a job, to report.
+type outcome struct {
+	r       Recipient
+	rr      delivery.RecipientReport
+	expired bool
+}
+
+// apply writes the outcome of a job into its message, in memory; it
+// returns the recipients' outcomes, for reportAll once they are written
+// (save, or the release).
+func (q *Queue) apply(cfg *Config, j *job, reports []delivery.RecipientReport, suspended bool) []outcome {
 	am := j.am
 	now := q.now()
-	type outcome struct {
-		r       Recipient
-		rr      delivery.RecipientReport
-		expired bool
-	}
 	var outs []outcome
 	am.mu.Lock()
 	m := am.lease.Message
@@ -647,7 +698,15 @@ func (q *Queue) apply(cfg *Config, j *job, reports []delivery.RecipientReport, s
 		r.record(Attempt{At: now, Host: rr.Host, Address: rr.Address, State: r.State, Reply: rr.Reply, Error: rr.Error})
 		outs = append(outs, outcome{r: *r, rr: rr, expired: expired})
 	}
+	am.mu.Unlock()
+	return outs
+}
+
+// save writes the results of an active message under its lease.
+func (q *Queue) save(cfg *Config, am *activeMsg) {
 	var err error
+	am.mu.Lock()
+	m := am.lease.Message
 	if !am.stale {
 		err = q.persist(func(ctx context.Context) error { return q.store.Save(ctx, am.lease) })
 		if errors.Is(err, ErrStaleLease) {
@@ -663,6 +722,10 @@ func (q *Queue) apply(cfg *Config, j *job, reports []delivery.RecipientReport, s
 		// store does not know it, so the recipients may be tried again.
 		cfg.Logger.Error("saving results failed: these recipients may be tried again", zap.String("id", m.ID), zap.Error(err))
 	}
+}
+
+// reportAll logs and emits the outcomes of a job.
+func (q *Queue) reportAll(cfg *Config, m *Message, outs []outcome) {
 	for _, o := range outs {
 		q.report(cfg, m, o.r, o.rr, o.expired)
 	}

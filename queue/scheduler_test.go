@@ -450,3 +450,76 @@ func TestEnvelopeFlags(t *testing.T) {
 		assert.Equal(t, tt.smtputf, m.SMTPUTF8, "smtputf8: %q (asked: %v)", tt.msg, tt.utf8)
 	}
 }
+
+// countingStore counts the writes of an attempt's results.
+type countingStore struct {
+	*sqlitestore.Store
+	saves, releases atomic.Int64
+}
+
+func (c *countingStore) Save(ctx context.Context, l *queue.Lease) error {
+	c.saves.Add(1)
+	return c.Store.Save(ctx, l)
+}
+
+func (c *countingStore) Release(ctx context.Context, l *queue.Lease, n []queue.Notice) error {
+	c.releases.Add(1)
+	return c.Store.Release(ctx, l, n)
+}
+
+// TestOneWritePerAttempt: a message of one route is written once after
+// its attempt (the release, which removes it or sets its next attempt);
+// one of two routes has the first route's results saved as they come.
+// Either way an outcome is logged and emitted once it is written: when
+// "delivered" fires for a message of one route, the store no longer has
+// it.
+func TestOneWritePerAttempt(t *testing.T) {
+	for _, c := range []struct {
+		name            string
+		to              []string
+		saves, releases int64
+	}{
+		{"one route", []string{"b@example.net", "c@example.net"}, 0, 1},
+		{"two routes", []string{"b@example.net", "c@example.com"}, 1, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newScript(func(string, int) delivery.RecipientReport { return delivered() })
+			store, err := sqlitestore.Open(t.TempDir(), sqlitestore.Options{MinFree: 1})
+			require.NoError(t, err)
+			cs := &countingStore{Store: store}
+			q := queue.New(cs)
+			var gone atomic.Int64
+			var emitted atomic.Int64
+			q.SetConfig(queue.Config{Deliverer: s, Policy: policy{retry: []time.Duration{time.Hour}, expire: time.Hour},
+				Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), Jitter: 0.0000001,
+				Emit: func(name string, data map[string]any) {
+					if name != queue.EventDelivered {
+						return
+					}
+					emitted.Add(1)
+					if _, err := store.Get(context.Background(), data["id"].(string)); err != nil {
+						gone.Add(1)
+					}
+				}})
+			q.Start()
+			t.Cleanup(func() {
+				q.Stop(time.Second)
+				q.Wait(10 * time.Second)
+			})
+			msg := &delivery.Message{From: "a@example.org", Reader: strings.NewReader("Subject: t\r\n\r\nbody\r\n")}
+			for _, a := range c.to {
+				msg.To = append(msg.To, transport.Recipient{Addr: a})
+			}
+			id, err := q.Enqueue(t.Context(), msg)
+			require.NoError(t, err)
+			require.Eventually(t, func() bool { return emitted.Load() == 2 }, 10*time.Second, 5*time.Millisecond)
+			_, err = store.Get(t.Context(), id)
+			require.ErrorIs(t, err, queue.ErrNotFound)
+			assert.Equal(t, c.saves, cs.saves.Load(), "saves")
+			assert.Equal(t, c.releases, cs.releases.Load(), "releases")
+			if c.saves == 0 {
+				assert.Equal(t, int64(2), gone.Load(), "delivered emitted once the release removed the message")
+			}
+		})
+	}
+}

@@ -129,6 +129,10 @@ type Lease struct {
 	// Remove makes Release remove the message whatever its state (an
 	// administrator deleted it during the attempt).
 	Remove bool
+	// Body is the message's body when the store read it with the lease
+	// (a store may do so for small bodies), so that the attempt need not
+	// ask for it again; nil means the attempt calls Body.
+	Body []byte
 }
 
 // Notice is a message made by the queue (a delivery status notification)

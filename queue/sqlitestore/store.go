@@ -122,6 +122,13 @@ type Store struct {
 	// reserve is the reserve file's path; reserveHeld says it is there.
 	reserve     string
 	reserveHeld bool
+
+	// stmts are the statements prepared once, by their SQL: SQLite's
+	// parser would otherwise run at every write (a tenth of the CPU at
+	// thousands of messages a second).
+	stmtMu     sync.Mutex
+	stmts      map[*sql.DB]map[string]*sql.Stmt
+	unprepared map[string]bool
 }
 
 // op is one write, run in the writer's next transaction.
@@ -144,7 +151,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s := &Store{dir: dir, bodies: filepath.Join(dir, "bodies"), opts: opts,
 		ops: make(chan *op, 4096), stop: make(chan struct{}), stopped: make(chan struct{}),
-		leases: map[string]string{}, prios: map[int]int64{}}
+		leases: map[string]string{}, prios: map[int]int64{}, stmts: map[*sql.DB]map[string]*sql.Stmt{}, unprepared: map[string]bool{}}
 	if err := os.MkdirAll(s.bodies, 0o700); err != nil {
 		return nil, fmt.Errorf("queue folder: %w", err)
 	}
@@ -261,6 +268,9 @@ func (s *Store) migrate() error {
 		)`,
 		`CREATE INDEX IF NOT EXISTS messages_due ON messages (priority, next_attempt) WHERE next_attempt IS NOT NULL AND held = 0`,
 		`CREATE INDEX IF NOT EXISTS messages_state ON messages (state, arrived, size)`,
+		// Covers load's count by priority: without it, opening a queue
+		// of a million messages reads every row (seconds).
+		`CREATE INDEX IF NOT EXISTS messages_priority ON messages (priority, size)`,
 		`CREATE TABLE IF NOT EXISTS holds (id TEXT PRIMARY KEY, data BLOB NOT NULL)`,
 	}
 	tx, err := s.db.Begin()
@@ -365,6 +375,7 @@ func (s *Store) writer() {
 // frees space) are run again once the reserve is given back; new messages
 // are refused.
 func (s *Store) commit(batch []*op) {
+	defer s.preparePending()
 	errs := s.commitOnce(batch)
 	var retry []*op
 	for i, o := range batch {
@@ -423,14 +434,14 @@ func (s *Store) commitOnce(batch []*op) []error {
 			errs[i] = o.fn(tx)
 			continue
 		}
-		if _, err := tx.Exec(`SAVEPOINT w`); err != nil {
+		if _, err := s.exec(tx, `SAVEPOINT w`); err != nil {
 			errs[i] = err
 			continue
 		}
 		if errs[i] = o.fn(tx); errs[i] != nil {
-			_, _ = tx.Exec(`ROLLBACK TO w`)
+			_, _ = s.exec(tx, `ROLLBACK TO w`)
 		}
-		_, _ = tx.Exec(`RELEASE w`)
+		_, _ = s.exec(tx, `RELEASE w`)
 	}
 	if len(batch) == 1 && errs[0] != nil {
 		_ = tx.Rollback()
@@ -464,6 +475,104 @@ func (s *Store) do(ctx context.Context, o *op) error {
 	// Once handed over, the write happens: wait for it even if ctx ends,
 	// so that no caller believes a committed write failed.
 	return <-o.done
+}
+
+// prepared returns the statement q prepared on db, preparing it the first
+// time; every q is a constant of this file, so the cache stays small. On
+// the writer's one connection, which a transaction holds while its
+// statements run, a statement is not prepared there: it is noted, and
+// prepared by the writer after the commit (preparePending); it returns
+// nil meanwhile, and the caller runs q unprepared.
+func (s *Store) prepared(db *sql.DB, q string) (*sql.Stmt, error) {
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if st := s.stmts[db][q]; st != nil {
+		return st, nil
+	}
+	if db == s.db {
+		s.unprepared[q] = true
+		return nil, nil
+	}
+	st, err := db.Prepare(q)
+	if err != nil {
+		return nil, err
+	}
+	if s.stmts[db] == nil {
+		s.stmts[db] = map[string]*sql.Stmt{}
+	}
+	s.stmts[db][q] = st
+	return st, nil
+}
+
+// preparePending prepares the writer's statements noted by prepared. The
+// writer calls it between transactions.
+func (s *Store) preparePending() {
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	for q := range s.unprepared {
+		delete(s.unprepared, q)
+		st, err := s.db.Prepare(q)
+		if err != nil {
+			continue // run unprepared; its error shows there
+		}
+		if s.stmts[s.db] == nil {
+			s.stmts[s.db] = map[string]*sql.Stmt{}
+		}
+		s.stmts[s.db][q] = st
+	}
+}
+
+// exec runs q in the writer's transaction tx, prepared once. (Tx.Stmt
+// reuses a statement prepared on the transaction's connection, the
+// writer's only one.)
+func (s *Store) exec(tx *sql.Tx, q string, args ...any) (sql.Result, error) {
+	if st, _ := s.prepared(s.db, q); st != nil {
+		return tx.Stmt(st).Exec(args...)
+	}
+	return tx.Exec(q, args...)
+}
+
+// query is exec for a query.
+func (s *Store) query(tx *sql.Tx, q string, args ...any) (*sql.Rows, error) {
+	if st, _ := s.prepared(s.db, q); st != nil {
+		return tx.Stmt(st).Query(args...)
+	}
+	return tx.Query(q, args...)
+}
+
+// queryRow is exec for a query of one row.
+func (s *Store) queryRow(tx *sql.Tx, q string, args ...any) *sql.Row {
+	if st, _ := s.prepared(s.db, q); st != nil {
+		return tx.Stmt(st).QueryRow(args...)
+	}
+	return tx.QueryRow(q, args...)
+}
+
+// read returns query q prepared once on the readers' pool.
+func (s *Store) read(q string) interface {
+	QueryRowContext(ctx context.Context, args ...any) *sql.Row
+	QueryContext(ctx context.Context, args ...any) (*sql.Rows, error)
+} {
+	st, err := s.prepared(s.rdb, q)
+	if err != nil {
+		return unprepared{s.rdb, q}
+	}
+	return st
+}
+
+// unprepared runs a query that could not be prepared, so that its error
+// comes back where the query is made.
+type unprepared struct {
+	db *sql.DB
+	q  string
+}
+
+func (u unprepared) QueryRowContext(ctx context.Context, args ...any) *sql.Row {
+	return u.db.QueryRowContext(ctx, u.q, args...)
+}
+
+func (u unprepared) QueryContext(ctx context.Context, args ...any) (*sql.Rows, error) {
+	return u.db.QueryContext(ctx, u.q, args...)
 }
 
 // classify turns a full disk into delivery.ErrQueueFull.
@@ -510,7 +619,7 @@ func (s *Store) Add(ctx context.Context, m *queue.Message, body io.Reader) error
 		dirSync: file != "",
 		fresh:   true,
 		fn: func(tx *sql.Tx) error {
-			_, err := tx.Exec(`INSERT INTO messages (id, priority, next_attempt, held, state, arrived, size, body, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			_, err := s.exec(tx, `INSERT INTO messages (id, priority, next_attempt, held, state, arrived, size, body, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 				m.ID, m.Priority, nullTime(m.NextAttempt), m.Held, string(m.State()), m.Arrived.UnixMilli(), size, blob, data)
 			return err
 		},
@@ -585,7 +694,7 @@ func (s *Store) Body(ctx context.Context, id string) (queue.Body, error) {
 	var blob []byte
 	var size int64
 	var inFile bool
-	err := s.rdb.QueryRowContext(ctx, `SELECT body, body IS NULL, size FROM messages WHERE id = ?`, id).Scan(&blob, &inFile, &size)
+	err := s.read(`SELECT body, body IS NULL, size FROM messages WHERE id = ?`).QueryRowContext(ctx, id).Scan(&blob, &inFile, &size)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%s: %w", id, queue.ErrNotFound)
 	}
@@ -657,6 +766,14 @@ func scanRow(sc interface{ Scan(...any) error }) (*row, error) {
 	return r, err
 }
 
+// leaseQuery reads the due messages of a priority, earliest first, with
+// their bodies when they are kept in the row and at most 8 KiB: the
+// attempt needs no second query for them, and at most 8 KiB per leased
+// message stays in memory meanwhile.
+const leaseQuery = `SELECT ` + rowColumns + `, CASE WHEN length(body) <= 8192 THEN body END FROM messages
+	WHERE held = 0 AND next_attempt IS NOT NULL AND priority = ? AND next_attempt <= ?
+	ORDER BY next_attempt LIMIT ?`
+
 // Lease leases due messages.
 func (s *Store) Lease(ctx context.Context, now time.Time, limit int, leaseFor time.Duration, attempt func(*queue.Message)) ([]*queue.Lease, error) {
 	var leases []*queue.Lease
@@ -672,44 +789,49 @@ func (s *Store) Lease(ctx context.Context, now time.Time, limit int, leaseFor ti
 		leased := len(s.leases)
 		s.mu.Unlock()
 		sort.Sort(sort.Reverse(sort.IntSlice(prios)))
+		type found struct {
+			r    *row
+			body []byte
+		}
 		for _, prio := range prios {
 			if len(leases) >= limit {
 				break
 			}
-			rows, err := tx.Query(`SELECT `+rowColumns+` FROM messages
-				WHERE held = 0 AND next_attempt IS NOT NULL AND priority = ? AND next_attempt <= ?
-				ORDER BY next_attempt LIMIT ?`, prio, now.UnixMilli(), limit-len(leases)+leased)
+			// A leased message is due only when its attempt mark left
+			// it so (an expired one): the LIMIT leaves room to skip
+			// those, but the rows are read one by one and only until
+			// enough are found, so none is read for nothing when no
+			// leased message is due.
+			rows, err := s.query(tx, leaseQuery, prio, now.UnixMilli(), limit-len(leases)+leased)
 			if err != nil {
 				return err
 			}
-			var found []*row
-			for rows.Next() {
-				r, err := scanRow(rows)
-				if err != nil {
+			var take []found
+			for len(take) < limit-len(leases) && rows.Next() {
+				r := new(row)
+				var body []byte
+				if err := rows.Scan(&r.id, &r.next, &r.held, &r.errText, &r.data, &r.priority, &body); err != nil {
 					rows.Close()
 					return err
 				}
-				found = append(found, r)
+				s.mu.Lock()
+				_, busy := s.leases[r.id]
+				s.mu.Unlock()
+				if !busy {
+					take = append(take, found{r, body})
+				}
 			}
 			rows.Close()
 			if err := rows.Err(); err != nil {
 				return err
 			}
-			for _, r := range found {
-				if len(leases) >= limit {
-					break
-				}
-				s.mu.Lock()
-				_, busy := s.leases[r.id]
-				s.mu.Unlock()
-				if busy {
-					continue
-				}
+			for _, f := range take {
+				r := f.r
 				m, err := r.message()
 				if err != nil {
 					// A record that cannot be read is held with the
 					// error; the rest of the queue goes on.
-					if _, err := tx.Exec(`UPDATE messages SET held = 1, state = 'held', error = ? WHERE id = ?`, err.Error(), r.id); err != nil {
+					if _, err := s.exec(tx, `UPDATE messages SET held = 1, state = 'held', error = ? WHERE id = ?`, err.Error(), r.id); err != nil {
 						return err
 					}
 					continue
@@ -719,11 +841,11 @@ func (s *Store) Lease(ctx context.Context, now time.Time, limit int, leaseFor ti
 				if err != nil {
 					return err
 				}
-				if _, err := tx.Exec(`UPDATE messages SET data = ?, next_attempt = ?, state = ? WHERE id = ?`,
+				if _, err := s.exec(tx, `UPDATE messages SET data = ?, next_attempt = ?, state = ? WHERE id = ?`,
 					data, nullTime(m.NextAttempt), string(m.State()), m.ID); err != nil {
 					return err
 				}
-				leases = append(leases, &queue.Lease{Message: m, Token: newToken(), Until: now.Add(leaseFor)})
+				leases = append(leases, &queue.Lease{Message: m, Token: newToken(), Until: now.Add(leaseFor), Body: f.body})
 			}
 		}
 		return nil
@@ -776,7 +898,7 @@ func (s *Store) Save(ctx context.Context, l *queue.Lease) error {
 	}
 	state := string(l.Message.State())
 	return classify(s.do(ctx, &op{fn: func(tx *sql.Tx) error {
-		res, err := tx.Exec(`UPDATE messages SET data = ?, state = ? WHERE id = ?`, data, state, l.Message.ID)
+		res, err := s.exec(tx, `UPDATE messages SET data = ?, state = ? WHERE id = ?`, data, state, l.Message.ID)
 		if err != nil {
 			return err
 		}
@@ -808,14 +930,14 @@ func (s *Store) Release(ctx context.Context, l *queue.Lease, notices []queue.Not
 	o := &op{dirSync: prepared.files, fn: func(tx *sql.Tx) error {
 		removed = -1
 		if remove {
-			if err := tx.QueryRow(`DELETE FROM messages WHERE id = ? RETURNING size`, m.ID).Scan(&removed); err != nil {
+			if err := s.queryRow(tx, `DELETE FROM messages WHERE id = ? RETURNING size`, m.ID).Scan(&removed); err != nil {
 				if errors.Is(err, sql.ErrNoRows) {
 					return queue.ErrStaleLease
 				}
 				return err
 			}
 		} else {
-			res, err := tx.Exec(`UPDATE messages SET data = ?, next_attempt = ?, held = ?, state = ? WHERE id = ?`,
+			res, err := s.exec(tx, `UPDATE messages SET data = ?, next_attempt = ?, held = ?, state = ? WHERE id = ?`,
 				data, nullTime(m.NextAttempt), m.Held, string(m.State()), m.ID)
 			if err != nil {
 				return err
@@ -933,15 +1055,14 @@ func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
 			prios = append(prios, p)
 		}
 	}
-	leased := make(map[string]bool, len(s.leases))
-	for id := range s.leases {
-		leased[id] = true
-	}
+	leased := len(s.leases)
 	s.mu.Unlock()
 	var next time.Time
 	for _, prio := range prios {
-		rows, err := s.rdb.QueryContext(ctx, `SELECT id, next_attempt FROM messages
-			WHERE held = 0 AND next_attempt IS NOT NULL AND priority = ? ORDER BY next_attempt LIMIT ?`, prio, len(leased)+1)
+		// Rows are read one by one: the leased ones are skipped, and the
+		// first other one is the answer.
+		rows, err := s.read(`SELECT id, next_attempt FROM messages
+			WHERE held = 0 AND next_attempt IS NOT NULL AND priority = ? ORDER BY next_attempt LIMIT ?`).QueryContext(ctx, prio, leased+1)
 		if err != nil {
 			return time.Time{}, false, err
 		}
@@ -952,7 +1073,10 @@ func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
 				rows.Close()
 				return time.Time{}, false, err
 			}
-			if leased[id] {
+			s.mu.Lock()
+			_, busy := s.leases[id]
+			s.mu.Unlock()
+			if busy {
 				continue
 			}
 			if t := time.UnixMilli(at); next.IsZero() || t.Before(next) {
@@ -1088,14 +1212,14 @@ func (s *Store) apply(ctx context.Context, m *queue.Message, ch queue.Change) er
 		}
 		switch {
 		case ch.Remove:
-			if err := tx.QueryRow(`DELETE FROM messages WHERE id = ? RETURNING size`, m.ID).Scan(&removed); err != nil {
+			if err := s.queryRow(tx, `DELETE FROM messages WHERE id = ? RETURNING size`, m.ID).Scan(&removed); err != nil {
 				if errors.Is(err, sql.ErrNoRows) {
 					return nil
 				}
 				return err
 			}
 		case ch.Write:
-			if _, err := tx.Exec(`UPDATE messages SET data = ?, next_attempt = ?, held = ?, state = ?, error = NULL WHERE id = ?`,
+			if _, err := s.exec(tx, `UPDATE messages SET data = ?, next_attempt = ?, held = ?, state = ?, error = NULL WHERE id = ?`,
 				data, nullTime(m.NextAttempt), m.Held, string(m.State()), m.ID); err != nil {
 				return err
 			}
@@ -1166,7 +1290,7 @@ func (s *Store) PutHold(ctx context.Context, h queue.HoldRule) error {
 		return err
 	}
 	return classify(s.do(ctx, &op{fn: func(tx *sql.Tx) error {
-		_, err := tx.Exec(`INSERT INTO holds (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data`, h.ID, data)
+		_, err := s.exec(tx, `INSERT INTO holds (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data`, h.ID, data)
 		return err
 	}}))
 }
@@ -1175,7 +1299,7 @@ func (s *Store) PutHold(ctx context.Context, h queue.HoldRule) error {
 func (s *Store) DeleteHold(ctx context.Context, id string) (bool, error) {
 	var n int64
 	err := s.do(ctx, &op{fn: func(tx *sql.Tx) error {
-		res, err := tx.Exec(`DELETE FROM holds WHERE id = ?`, id)
+		res, err := s.exec(tx, `DELETE FROM holds WHERE id = ?`, id)
 		if err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package sqlitestore
 
 import (
+	"context"
 	"database/sql"
 	"os"
 	"path/filepath"
@@ -111,4 +112,85 @@ func TestGroupCommit(t *testing.T) {
 	wg.Wait()
 	n, _ := s.Counts()
 	assert.Equal(t, int64(400), n)
+}
+
+// TestLeaseHandsSmallBodies: bodies of up to 8 KiB come with the lease,
+// read by the same query; larger ones are read when the attempt asks.
+func TestLeaseHandsSmallBodies(t *testing.T) {
+	s := open(t, t.TempDir())
+	small := storetest.NewMessage(queue.NewID(base), base, "a@example.org", "b@example.net")
+	large := storetest.NewMessage(queue.NewID(base.Add(time.Millisecond)), base, "a@example.org", "b@example.net")
+	require.NoError(t, s.Add(t.Context(), small, strings.NewReader(strings.Repeat("s", 8<<10))))
+	require.NoError(t, s.Add(t.Context(), large, strings.NewReader(strings.Repeat("l", 8<<10+1))))
+	leases, err := s.Lease(t.Context(), base, 10, time.Minute, func(*queue.Message) {})
+	require.NoError(t, err)
+	require.Len(t, leases, 2)
+	assert.Equal(t, strings.Repeat("s", 8<<10), string(leases[0].Body))
+	assert.Nil(t, leases[1].Body)
+}
+
+// BenchmarkMessage is the store's work for one message delivered at its
+// first attempt, as the scheduler does it: Add, Lease, Release (which
+// removes it), with b.N messages in flight through 20 goroutines, on the
+// test's temporary folder (fsync on).
+func BenchmarkMessage(b *testing.B) {
+	s, err := Open(b.TempDir(), Options{MinFree: 1})
+	require.NoError(b, err)
+	defer s.Close()
+	body := strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 16) // 1 KiB
+	var mu sync.Mutex
+	n := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				if n >= b.N {
+					mu.Unlock()
+					return
+				}
+				n++
+				mu.Unlock()
+				now := time.Now()
+				m := storetest.NewMessage(queue.NewID(now), now, "a@example.org", "b@example.net")
+				if err := s.Add(context.Background(), m, strings.NewReader(body)); err != nil {
+					b.Error(err)
+					return
+				}
+				leases, err := s.Lease(context.Background(), time.Now(), 1, time.Minute, func(m *queue.Message) {
+					for i := range m.Recipients {
+						m.Recipients[i].Attempts++
+						m.Recipients[i].NextAttempt = now.Add(time.Hour)
+					}
+					m.NextAttempt = now.Add(time.Hour)
+				})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				for _, l := range leases {
+					if l.Body == nil {
+						rb, err := s.Body(context.Background(), l.Message.ID)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						_ = rb.Close()
+					}
+					for i := range l.Message.Recipients {
+						l.Message.Recipients[i].State = queue.Delivered
+					}
+					if err := s.Release(context.Background(), l, nil); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

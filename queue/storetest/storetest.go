@@ -83,6 +83,8 @@ func Run(t *testing.T, open Opener) {
 	t.Run("AddGetBody", func(t *testing.T) { testAddGetBody(t, open) })
 	t.Run("LeaseOrder", func(t *testing.T) { testLeaseOrder(t, open) })
 	t.Run("LeaseRecordsAttempt", func(t *testing.T) { testLeaseRecordsAttempt(t, open) })
+	t.Run("LeaseSkipsLeasedDue", func(t *testing.T) { testLeaseSkipsLeasedDue(t, open) })
+	t.Run("LeaseBody", func(t *testing.T) { testLeaseBody(t, open) })
 	t.Run("SaveRelease", func(t *testing.T) { testSaveRelease(t, open) })
 	t.Run("StaleLease", func(t *testing.T) { testStaleLease(t, open) })
 	t.Run("Notices", func(t *testing.T) { testNotices(t, open) })
@@ -185,6 +187,59 @@ func testLeaseOrder(t *testing.T, open Opener) {
 	for _, l := range leases {
 		assert.NotEmpty(t, l.Token)
 		assert.True(t, l.Until.Equal(now.Add(time.Minute)))
+	}
+}
+
+// testLeaseSkipsLeasedDue: a leased message that its attempt mark left
+// due (an expired one, whose last attempt is now) is not leased twice, and
+// does not keep the messages behind it from being leased.
+func testLeaseSkipsLeasedDue(t *testing.T, open Opener) {
+	s := open(t, t.TempDir())
+	now := base.Add(time.Hour)
+	var all []string
+	for n := range 5 {
+		m := NewMessage(queue.NewID(base.Add(time.Duration(n)*time.Millisecond)), base, "a@example.org", fmt.Sprintf("r%d@example.net", n))
+		due := base.Add(time.Duration(n) * time.Minute)
+		m.NextAttempt, m.Recipients[0].NextAttempt = due, due
+		add(t, s, m, "x")
+		all = append(all, m.ID)
+	}
+	first, err := s.Lease(t.Context(), now, 2, time.Minute, markNone)
+	require.NoError(t, err)
+	require.Equal(t, all[:2], ids(first), "the earliest due")
+	rest, err := s.Lease(t.Context(), now, 3, time.Minute, markRetry(now.Add(time.Hour)))
+	require.NoError(t, err)
+	assert.Equal(t, all[2:], ids(rest), "the leased messages are skipped though still due, and the limit is filled")
+	none, err := s.Lease(t.Context(), now, 10, time.Minute, markNone)
+	require.NoError(t, err)
+	assert.Empty(t, ids(none))
+	next, ok, err := s.NextDue(t.Context())
+	require.NoError(t, err)
+	if ok {
+		// A shared store hands a leased message to another instance
+		// when its lease ends: due then, not before.
+		assert.False(t, next.Before(now.Add(time.Minute)), "every message is leased until %s: none is due before (NextDue said %s)", now.Add(time.Minute), next)
+	}
+}
+
+// testLeaseBody: a body a store hands out with the lease is the message's
+// body, byte for byte.
+func testLeaseBody(t *testing.T, open Opener) {
+	s := open(t, t.TempDir())
+	bodies := map[string]string{}
+	for n, body := range []string{"", "Subject: small\r\n\r\nhello\r\n", strings.Repeat("x", 8<<10), strings.Repeat("y", 8<<10+1), strings.Repeat("0123456789abcdef\r\n", 20000)} {
+		m := NewMessage(queue.NewID(base.Add(time.Duration(n)*time.Millisecond)), base, "a@example.org", "b@example.net")
+		add(t, s, m, body)
+		bodies[m.ID] = body
+	}
+	leases, err := s.Lease(t.Context(), base.Add(time.Minute), 10, time.Minute, markRetry(base.Add(time.Hour)))
+	require.NoError(t, err)
+	require.Len(t, leases, len(bodies))
+	for _, l := range leases {
+		if l.Body != nil {
+			assert.Equal(t, bodies[l.Message.ID], string(l.Body), "%s: the body handed with the lease", l.Message.ID)
+		}
+		assert.Equal(t, bodies[l.Message.ID], readBody(t, s, l.Message.ID))
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/seed7b014b84/caddy-smtp/internal/peertest"
+	"github.com/seed7b014b84/caddy-smtp/queue"
 	"github.com/seed7b014b84/caddy-smtp/transport"
 )
 
@@ -35,7 +36,7 @@ func startNotifyLab(t *testing.T, queueExtra string) *notifyLab {
 	cfg := fmt.Sprintf(`{
 		"admin": {"disabled": true},
 		"apps": {
-			"events": {"subscriptions": [{"events": ["smtp.dsn", "smtp.double_bounce"], "handlers": [{"handler": "smtp_test_collector"}]}]},
+			"events": {"subscriptions": [{"events": ["smtp.dsn", "smtp.double_bounce", "smtp.queued"], "handlers": [{"handler": "smtp_test_collector"}]}]},
 			"smtp": {
 				"hostname": "mx.example.org",
 				"queue": {"path": %q, "retry": ["500ms"], "expire": "2s", "notify": ["1s"]%s},
@@ -88,6 +89,9 @@ func parts(t *testing.T, m peertest.SinkMessage) (map[string]string, string) {
 // returns the message whole.
 func TestNotices(t *testing.T) {
 	l := startNotifyLab(t, "")
+	collectedMu.Lock()
+	collected = nil
+	collectedMu.Unlock()
 	body := "From: app@example.org\r\nSubject: to bounce\r\nMessage-ID: <orig@example.org>\r\n\r\nthe original\r\n"
 	_, err := l.app.Enqueue(t.Context(), &Message{From: "app@example.org", Ret: "FULL", EnvID: "env-42", Reader: strings.NewReader(body),
 		To: []transport.Recipient{{Addr: "x@bad.test", ORCPT: "orig-x@bad.test"}, {Addr: "y@later.test"}}})
@@ -123,6 +127,16 @@ func TestNotices(t *testing.T) {
 	assert.Len(t, byKind, 3, "one notice of each: %v", byKind)
 	time.Sleep(time.Second)
 	assert.Len(t, l.inbox.Messages(t), 3, "each notice once")
+	// smtp.queued for the message, and for each notice the queue made.
+	sources := map[string]int{}
+	collectedMu.Lock()
+	for _, e := range collected {
+		if e.Name() == queue.EventQueued {
+			sources[fmt.Sprint(e.Data["source"])]++
+		}
+	}
+	collectedMu.Unlock()
+	assert.Equal(t, map[string]int{"api": 1, "dsn": 3}, sources)
 }
 
 // TestNoticeAsEvent: queue.dsn event makes an event instead of a notice;

@@ -76,6 +76,9 @@ func (q *Queue) Act(ctx context.Context, f *Filter, a Action, reason string) (Ac
 		if ch.Write || ch.Remove {
 			q.emitAction(cfg, m, a, reason)
 		}
+		for _, n := range ch.Notices {
+			q.announce(cfg, n.Message)
+		}
 		return ch
 	}
 	touched, busy, err := q.store.Modify(ctx, f, fn)

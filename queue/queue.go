@@ -372,19 +372,26 @@ func (q *Queue) Enqueue(ctx context.Context, msg *delivery.Message) (string, err
 	if err := q.store.Add(ctx, m, body); err != nil {
 		return "", err
 	}
-	q.metrics.queued()
 	q.wake()
-	if cfg != nil {
-		rcpts := make([]string, len(m.Recipients))
-		for i, r := range m.Recipients {
-			rcpts[i] = r.Addr
-		}
-		cfg.Logger.Info("queued", zap.String("id", m.ID), zap.String("from", m.From), zap.Strings("to", rcpts),
-			zap.Int64("size", m.Size), zap.String("source", m.Source), zap.Bool("held", m.Held))
-		q.emit(cfg, EventQueued, map[string]any{"id": m.ID, "from": m.From, "to": rcpts, "size": m.Size,
-			"source": m.Source, "held": m.Held})
-	}
+	q.announce(cfg, m)
 	return m.ID, nil
+}
+
+// announce counts, logs and emits (smtp.queued) a message just queued: one
+// submitted, or a notice the queue made.
+func (q *Queue) announce(cfg *Config, m *Message) {
+	q.metrics.queued()
+	if cfg == nil {
+		return
+	}
+	rcpts := make([]string, len(m.Recipients))
+	for i, r := range m.Recipients {
+		rcpts[i] = r.Addr
+	}
+	cfg.Logger.Info("queued", zap.String("id", m.ID), zap.String("from", m.From), zap.Strings("to", rcpts),
+		zap.Int64("size", m.Size), zap.String("source", m.Source), zap.Bool("held", m.Held))
+	q.emit(cfg, EventQueued, map[string]any{"id": m.ID, "from": m.From, "to": rcpts, "size": m.Size,
+		"source": m.Source, "held": m.Held})
 }
 
 // Counter is a Store that keeps its message count and size at hand, so

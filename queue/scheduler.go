@@ -898,6 +898,9 @@ func (q *Queue) release(am *activeMsg) {
 		cfg.Logger.Error("releasing a message", zap.String("id", m.ID), zap.Error(err))
 		return
 	}
+	for _, n := range notices {
+		q.announce(cfg, n.Message)
+	}
 	if len(notices) > 0 {
 		q.wake()
 	}

@@ -76,6 +76,11 @@ type caddyOptions struct {
 	submitPort int    // the layer4 smtp_submission listener (0 = none)
 	httpPort   int    // an HTTP server with smtp_send (0 = none)
 	maxSize    int64  // max_message_size / max_size of the entry paths (0 = their defaults)
+	// store is queue.store (a module's JSON) instead of queue.path.
+	store map[string]any
+	// dkim are the smtp app's DKIM signers; resolver its resolver config.
+	dkim     []map[string]any
+	resolver map[string]any
 }
 
 // caddyInstance is a running Caddy.
@@ -86,6 +91,7 @@ type caddyInstance struct {
 	opts      caddyOptions
 	started   time.Time // when the process was started
 	logStart  int64     // the log file's size then: where this run's lines begin
+	stopped   bool      // stopped by its row (the cleanups skip it)
 }
 
 // config is the JSON config: the smtp app with its queue, the submission
@@ -94,18 +100,28 @@ type caddyInstance struct {
 // production Caddy logs (one "queued" and one "delivered" line per
 // message, and the submission handler's line per message).
 func (o caddyOptions) config(adminAddr, logFile string) ([]byte, error) {
-	queue := map[string]any{"path": o.queuePath, "destination_concurrency": o.conns}
+	queue := map[string]any{"destination_concurrency": o.conns}
+	if o.store != nil {
+		queue["store"] = o.store
+	} else {
+		queue["path"] = o.queuePath
+	}
 	if o.retry != "" {
 		queue["retry"] = []string{o.retry}
 	}
-	apps := map[string]any{
-		"smtp": map[string]any{
-			"hostname": "bench.example.org",
-			"next_hop": "sink",
-			"remotes":  map[string]any{"sink": map[string]any{"address": "127.0.0.1", "port": o.sinkPort, "concurrency": o.conns}},
-			"queue":    queue,
-		},
+	smtp := map[string]any{
+		"hostname": "bench.example.org",
+		"next_hop": "sink",
+		"remotes":  map[string]any{"sink": map[string]any{"address": "127.0.0.1", "port": o.sinkPort, "concurrency": o.conns}},
+		"queue":    queue,
 	}
+	if len(o.dkim) > 0 {
+		smtp["dkim"] = o.dkim
+	}
+	if o.resolver != nil {
+		smtp["resolver"] = o.resolver
+	}
+	apps := map[string]any{"smtp": smtp}
 	if o.submitPort != 0 {
 		h := map[string]any{"handler": "smtp_submission", "relay_networks": []string{"127.0.0.1/32"}}
 		if o.maxSize > 0 {

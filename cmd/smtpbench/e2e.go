@@ -3,11 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
 )
@@ -22,6 +21,9 @@ import (
 //     the sink, its queue on the same disk;
 //   - smtp-source straight into smtp-sink: the ceiling.
 //
+// -dkim adds the app signing every message (dkim.go), -pg the app with the
+// PostgreSQL store, one instance and two sharing it (pg.go, approw.go).
+//
 // Each receiver is timed twice from the first connection: until the last
 // 250 (smtp-source exits: the accept rate) and until the sink has counted
 // the last message (the end-to-end rate).
@@ -33,6 +35,9 @@ type e2eResult struct {
 	clientCPU time.Duration // smtp-source's CPU
 	mem       string        // the peak memory, in words
 	logNote   string
+	sinkRead  int64      // bytes the sink read over the measurement (this app's rows)
+	db        *dbCost    // the PostgreSQL rows' database costs
+	dkim      *dkimCheck // the DKIM rows' proof of signing
 }
 
 func (r e2eResult) acceptRate() float64 { return float64(r.delivered) / r.accept.Seconds() }
@@ -48,20 +53,7 @@ type source struct {
 // startSource starts smtp-source sending b.n messages over b.conns
 // connections to addr.
 func (b *bench) startSource(ctx context.Context, addr string) (*source, error) {
-	bin, err := lookPath("smtp-source")
-	if err != nil {
-		return nil, err
-	}
-	argv := b.sourceArgs(bin, addr)
-	cmd := commandContext(ctx, argv...)
-	out := new(strings.Builder)
-	cmd.Stdout, cmd.Stderr = out, out
-	s := &source{cmd: cmd, out: out, argv: argv}
-	s.start = time.Now()
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return b.startSourceN(ctx, addr, b.n, b.conns)
 }
 
 // wait waits for smtp-source to exit and returns its wall time and CPU.
@@ -90,6 +82,26 @@ func (b *bench) e2e() error {
 	if err != nil {
 		return err
 	}
+	rows := []appRow{{name: appLabel, short: "this app", e2eResult: app}}
+	if b.dkim {
+		for _, d := range dkimRows {
+			r, err := b.appRun(appSpec{dir: d.dir, dkim: d.signers})
+			if err != nil {
+				return err
+			}
+			if err := checkSigned(d.name, app, r); err != nil {
+				return err
+			}
+			rows = append(rows, appRow{name: d.name, short: "DKIM " + d.algorithm, e2eResult: r})
+		}
+	}
+	if b.pg {
+		pgRows, err := b.pgRows()
+		if err != nil {
+			return err
+		}
+		rows = append(rows, pgRows...)
+	}
 	pf, err := b.postfixE2E()
 	if err != nil {
 		return err
@@ -100,100 +112,22 @@ func (b *bench) e2e() error {
 		return err
 	}
 	ceiling := e2eResult{result: src, accept: src.elapsed, clientCPU: src.cpu, mem: fmt.Sprintf("%s RSS (VmHWM of smtp-source)", mib(src.memKB))}
-	b.printE2E(app, pf, ceiling)
+	b.printE2E(rows, pf, ceiling)
 	return nil
 }
 
-// appE2E measures the built Caddy.
-func (b *bench) appE2E() (e2eResult, error) {
-	var r e2eResult
-	s, stopSink, err := b.sink("app-sink")
-	if err != nil {
-		return r, err
-	}
-	defer stopSink()
-	d, err := b.peerDir("caddy")
-	if err != nil {
-		return r, err
-	}
-	port, err := freePort()
-	if err != nil {
-		return r, err
-	}
-	c, err := startCaddyBin(b.ctx, b.caddyBin, caddyOptions{dir: d, queuePath: filepath.Join(d, "queue"),
-		sinkPort: s.port, conns: b.conns, submitPort: port})
-	if err != nil {
-		return r, err
-	}
-	stopped := false
-	stopCaddy := func() {
-		if !stopped {
-			stopped = true
-			stopProc(c.proc, 15*time.Second)
-		}
-	}
-	b.cl.add(stopCaddy)
-	defer stopCaddy()
+// appLabel is the first row's: the app with its embedded store.
+const appLabel = "this app (caddy: smtp_submission → queue → delivery)"
 
-	b.waitQuiet()
-	pid := strconv.Itoa(c.pid())
-	if err := os.WriteFile("/proc/"+pid+"/clear_refs", []byte("5"), 0); err != nil {
-		return r, fmt.Errorf("resetting caddy's VmHWM: %w", err)
-	}
-	startRSS, err := statusKB(pid, "VmRSS")
-	if err != nil {
-		return r, err
-	}
-	var prof *profile
-	if b.profileDir != "" {
-		prof = c.startProfile(b.ctx, "/debug/pprof/profile", b.profileSeconds, filepath.Join(b.profileDir, "e2e-cpu.pprof"))
-	}
-	progress("this app: smtp-source into caddy's smtp_submission %s, queue in %s, delivered to smtp-sink %s", hostPort(port), c.opts.queuePath, s.addr)
-	w := startWindow(s)
-	snap := snapshotCPU()
-	cpu0 := sessionCPU(c.pid())
-	src, err := b.startSource(b.ctx, hostPort(port))
-	if err != nil {
-		return r, err
-	}
-	accept, clientCPU, err := src.wait()
-	if err != nil {
-		return r, fmt.Errorf("submitting to caddy: %w", err)
-	}
-	got, end, err := s.waitMessages(b.ctx, b.n, 5*time.Millisecond, 30*time.Second)
-	if err != nil {
-		return r, fmt.Errorf("caddy's deliveries: %w", err)
-	}
-	// The queue removes a message after the sink's reply: count that work
-	// too (not its time), as Postfix's removal of its queue files is.
-	if err := c.waitQueueEmpty(b.ctx, time.Minute); err != nil {
-		return r, err
-	}
-	cpu1 := sessionCPU(c.pid())
-	wEnd := windowEnd(s)
-	if b.verbose {
-		progress("this app: CPU by process over the measurement: %s", snap.topSince(8))
-	}
-	hwm, err := statusKB(pid, "VmHWM")
-	if err != nil {
-		return r, err
-	}
-	r.delivered, r.sinkCount = got, got
-	r.accept, r.elapsed = accept, end.Sub(src.start)
-	r.cpu, r.memKB, r.clientCPU = cpu1-cpu0, hwm, clientCPU
-	w.endAt(&r.result, wEnd)
-	r.otherCPU = max(0, r.otherCPU-clientCPU)
-	r.mem = fmt.Sprintf("%s RSS (VmHWM; %s at start)", mib(hwm), mib(startRSS))
-	if prof != nil {
-		progress("waiting for the %d s CPU profile to end", b.profileSeconds)
-		if err := prof.wait(); err != nil {
-			progress("profile: %v", err)
-		}
-	}
-	if counts, err := logCount(c.logFile, c.logStart, "queued", "delivered", "deferred", "failed"); err == nil {
-		r.logNote = fmt.Sprintf("caddy logged %d queued, %d delivered, %d deferred, %d failed", counts["queued"], counts["delivered"], counts["deferred"], counts["failed"])
-	}
-	return r, nil
+// appRow is one row of this app in the table.
+type appRow struct {
+	name, short string
+	e2eResult
+}
+
+// appE2E measures the built Caddy, with the embedded store.
+func (b *bench) appE2E() (e2eResult, error) {
+	return b.appRun(appSpec{dir: "caddy", profile: "e2e-cpu.pprof"})
 }
 
 // postfixE2E measures Postfix receiving and relaying at once.
@@ -264,17 +198,35 @@ func (b *bench) postfixE2E() (e2eResult, error) {
 	return r, nil
 }
 
-func (b *bench) printE2E(app, pf, src e2eResult) {
+func (b *bench) printE2E(rows []appRow, pf, src e2eResult) {
+	app := rows[0].e2eResult
 	fmt.Printf("%d messages of %d bytes (body), %d connections, smtp-source → receiver → smtp-sink on 127.0.0.1; queues in %s; %d CPUs, Linux %s, %s, Postfix %s\n\n",
 		b.n, b.size, b.conns, queueFS(filepath.Dir(b.dir)), runtime.NumCPU(), kernelRelease(), runtime.Version(), b.postfixVersion)
-	fmt.Println("| receiver | delivered | accept s | accept msg/s | end-to-end s | end-to-end msg/s | × Postfix | of ceiling | CPU s | CPU µs/msg | peak memory |")
-	fmt.Println("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
-	row := func(name string, r e2eResult) {
-		fmt.Printf("| %s | %d | %.2f | %.0f | %.2f | %.0f | %.2f× | %.0f%% | %.2f | %.0f | %s |\n",
-			name, r.delivered, r.accept.Seconds(), r.acceptRate(), r.elapsed.Seconds(), r.rate(), r.rate()/pf.rate(),
-			100*r.rate()/src.rate(), r.cpu.Seconds(), float64(r.cpu.Microseconds())/float64(r.delivered), r.mem)
+	if b.pgServer != nil {
+		fmt.Printf("PostgreSQL %s, a private cluster (initdb) on 127.0.0.1 with its data in the run's folder (the same file system), at the server's defaults: %s.\n\n",
+			b.pgServer.version, b.pgServer.settings)
 	}
-	row("this app (caddy: smtp_submission → queue → delivery)", app)
+	dbCol, dbSep := "", ""
+	if b.pg {
+		dbCol, dbSep = " PostgreSQL CPU µs/msg |", "--:|"
+	}
+	fmt.Printf("| receiver | delivered | accept s | accept msg/s | end-to-end s | end-to-end msg/s | × Postfix | of ceiling | CPU s | CPU µs/msg |%s peak memory |\n", dbCol)
+	fmt.Printf("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|%s---|\n", dbSep)
+	row := func(name string, r e2eResult) {
+		db := ""
+		if b.pg {
+			db = " – |"
+			if r.db != nil {
+				db = fmt.Sprintf(" %.0f |", perMsg(r.db.cpu, r.delivered))
+			}
+		}
+		fmt.Printf("| %s | %d | %.2f | %.0f | %.2f | %.0f | %.2f× | %.0f%% | %.2f | %.0f |%s %s |\n",
+			name, r.delivered, r.accept.Seconds(), r.acceptRate(), r.elapsed.Seconds(), r.rate(), r.rate()/pf.rate(),
+			100*r.rate()/src.rate(), r.cpu.Seconds(), perMsg(r.cpu, r.delivered), db, r.mem)
+	}
+	for _, r := range rows {
+		row(r.name, r.e2eResult)
+	}
 	row("Postfix (smtpd → queue → smtp)", pf)
 	row("smtp-source → smtp-sink (ceiling)", src)
 	ratio := app.rate() / pf.rate()
@@ -285,20 +237,42 @@ func (b *bench) printE2E(app, pf, src e2eResult) {
 	fmt.Printf("\nGoal, end to end at least 5× Postfix: %s (%.2f×; accepting %.2f×). CPU per message: this app %.2f× Postfix's. %s.\n",
 		verdict, ratio, app.acceptRate()/pf.acceptRate(),
 		(app.cpu.Seconds()/float64(app.delivered))/(pf.cpu.Seconds()/float64(pf.delivered)), app.logNote)
-	fmt.Printf("CPU seconds over each measurement, smtp-source / the sink / everything else on the machine: this app %.2f / %.2f / %.2f, Postfix %.2f / %.2f / %.2f, ceiling (smtp-source is the row) – / %.2f / %.2f.\n",
-		app.clientCPU.Seconds(), app.sinkCPU.Seconds(), app.otherCPU.Seconds(),
+	var parts []string
+	for _, r := range rows {
+		parts = append(parts, fmt.Sprintf("%s %.2f / %.2f / %.2f", r.short, r.clientCPU.Seconds(), r.sinkCPU.Seconds(), r.otherCPU.Seconds()))
+	}
+	fmt.Printf("CPU seconds over each measurement, smtp-source / the sink / everything else on the machine: %s, Postfix %.2f / %.2f / %.2f, ceiling (smtp-source is the row) – / %.2f / %.2f.\n",
+		strings.Join(parts, ", "),
 		pf.clientCPU.Seconds(), pf.sinkCPU.Seconds(), pf.otherCPU.Seconds(),
 		src.sinkCPU.Seconds(), src.otherCPU.Seconds())
-	for _, r := range []struct {
-		name string
-		e2eResult
-	}{{"this app", app}, {"Postfix", pf}, {"the ceiling", src}} {
-		if r.otherCPU > r.elapsed/4 {
-			fmt.Printf("WARNING: other work used %.1f CPU-s during the %.1f s of %s (more than a quarter of a core): re-run before publishing these figures.\n",
-				r.otherCPU.Seconds(), r.elapsed.Seconds(), r.name)
+	for _, r := range rows[1:] {
+		if r.dkim != nil {
+			d := r.dkim
+			fmt.Printf("%s: end to end %.2f× the unsigned row's rate (accepting %.2f×), CPU %+.0f µs/msg (%+.0f%%). Every message signed: the check message's %s signature (d=example.org, %d bytes) verified (go-msgauth, with the public key from Caddy's storage); the sink read %.1f bytes more per message than in the unsigned row; %s, no \"message not signed\".\n",
+				r.short, r.rate()/app.rate(), r.acceptRate()/app.acceptRate(),
+				perMsg(r.cpu, r.delivered)-perMsg(app.cpu, app.delivered), 100*(perMsg(r.cpu, r.delivered)/perMsg(app.cpu, app.delivered)-1),
+				d.algorithm, d.sigBytes, d.extra, r.logNote)
+		}
+		if r.db != nil {
+			fmt.Printf("%s: end to end %.2f× the embedded store's rate (accepting %.2f×); CPU per message, Caddy %.0f µs + PostgreSQL %.0f µs = %.0f µs (the embedded store's row: %.0f µs). %s.\n",
+				r.short, r.rate()/app.rate(), r.acceptRate()/app.acceptRate(),
+				perMsg(r.cpu, r.delivered), perMsg(r.db.cpu, r.delivered), perMsg(r.cpu+r.db.cpu, r.delivered), perMsg(app.cpu, app.delivered), r.logNote)
 		}
 	}
+	all := append(slices.Clone(rows), appRow{short: "Postfix", e2eResult: pf}, appRow{short: "the ceiling", e2eResult: src})
+	for _, r := range all {
+		if r.otherCPU > r.elapsed/4 {
+			fmt.Printf("WARNING: other work used %.1f CPU-s during the %.1f s of %s (more than a quarter of a core): re-run before publishing these figures.\n",
+				r.otherCPU.Seconds(), r.elapsed.Seconds(), r.short)
+		}
+	}
+	if b.pg {
+		b.printDB(rows)
+	}
 }
+
+// perMsg is d per message, in µs.
+func perMsg(d time.Duration, n int) float64 { return float64(d.Microseconds()) / float64(n) }
 
 // fsType names the file system of dir.
 func fsType(dir string) string {

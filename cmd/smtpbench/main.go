@@ -6,6 +6,8 @@
 //	go run ./cmd/smtpbench -mode transport  # the in-process delivery engine against Postfix's queue drain
 //	go run ./cmd/smtpbench -mode backlog    # 1,000,000 queued while the destination is down; restart; drain
 //	go run ./cmd/smtpbench -mode large      # peak memory per 50 MiB message through each entry path
+//	go run ./cmd/smtpbench -pg              # e2e, plus the PostgreSQL store (one instance, two) and its cost per message
+//	go run ./cmd/smtpbench -dkim            # e2e, plus DKIM signing of every message (RSA 2048, Ed25519)
 //
 // The e2e, backlog and large modes run the Caddy binary built from
 // xcaddy.json (as e2e builds it, or -caddy PATH). The command must run as
@@ -78,6 +80,9 @@ func run() int {
 	timeout := flag.Duration("timeout", 5*time.Minute, "limit for each sender's phase")
 	keep := flag.Bool("keep", false, "keep the peers' files (logs, Postfix's maillog) after the run")
 	verbose := flag.Bool("v", false, "also print where Postfix's CPU time went, per program")
+	pg := flag.Bool("pg", false, "e2e mode: add rows with the PostgreSQL store (one instance, then two sharing one database), a private cluster at its default settings, and a table of what the database costs per message")
+	pgRelay := flag.Bool("pg-relay", false, "with -pg: Caddy reaches PostgreSQL through a relay in this command that counts requests and bytes, to check the kernel's counts (slows the PostgreSQL rows)")
+	dkim := flag.Bool("dkim", false, "e2e mode: add rows with DKIM signing of every message (rsa-sha256 2048-bit, then ed25519-sha256), checked to be signed")
 	flag.Parse()
 	switch *mode {
 	case "e2e", "transport", "large":
@@ -97,6 +102,11 @@ func run() int {
 		if *mode == "transport" {
 			*base = defaultDir()
 		}
+	}
+	*pg = *pg || *pgRelay
+	if (*pg || *dkim) && *mode != "e2e" {
+		fmt.Fprintln(os.Stderr, "smtpbench: -pg and -dkim add rows to the e2e mode only")
+		return 2
 	}
 	if *n < 1 || *size < 0 || *conns < 1 || *refN < 1 || *largeSize < 1 || *refRetry <= 0 || *retry < 0 {
 		fmt.Fprintln(os.Stderr, "smtpbench: -n, -conns, -ref, -large and -ref-retry must be positive, -size and -retry not negative")
@@ -134,7 +144,7 @@ func run() int {
 	}
 	b := &bench{ctx: ctx, dir: dir, n: *n, size: *size, conns: *conns, timeout: *timeout, cl: &cl, verbose: *verbose,
 		caddyFlag: *caddyBin, profileDir: *profDir, profileSeconds: *profSecs, quiet: *quiet, quietMax: *quietMax,
-		refN: *refN, retry: *retry, refRetry: *refRetry, largeSize: *largeSize}
+		refN: *refN, retry: *retry, refRetry: *refRetry, largeSize: *largeSize, pg: *pg, pgRelay: *pgRelay, dkim: *dkim}
 	run := map[string]func() error{"e2e": b.e2e, "transport": b.all, "backlog": b.backlog, "large": b.large}[*mode]
 	if err := run(); err != nil {
 		if ctx.Err() != nil {
@@ -174,6 +184,8 @@ type bench struct {
 	refN                int           // backlog: the reference run's messages
 	retry, refRetry     time.Duration // backlog: queue.retry of the main and the reference runs
 	largeSize           int64
+	pg, pgRelay, dkim   bool      // e2e: the -pg and -dkim rows, -pg-relay
+	pgServer            *pgServer // the -pg rows' server, once started
 }
 
 // waitQuiet waits until the machine's busy CPU over the last b.quiet was
@@ -423,7 +435,14 @@ func (b *bench) postfixPhase() (result, error) {
 // sourceArgs is smtp-source sending n messages of size bytes over conns
 // reused connections (-d) to addr.
 func (b *bench) sourceArgs(bin, addr string) []string {
-	return []string{bin, "-d", "-s", fmt.Sprint(b.conns), "-m", fmt.Sprint(b.n), "-l", fmt.Sprint(b.size),
+	return sourceArgsN(bin, addr, b.n, b.size, b.conns)
+}
+
+// sourceArgsN is smtp-source sending n messages over conns connections.
+// Its messages are From: <a@example.org> (the sender, -f), which the
+// DKIM rows' signers sign for.
+func sourceArgsN(bin, addr string, n, size, conns int) []string {
+	return []string{bin, "-d", "-s", fmt.Sprint(conns), "-m", fmt.Sprint(n), "-l", fmt.Sprint(size),
 		"-f", "a@example.org", "-t", "b@example.test", "-M", "source.bench.example.org", addr}
 }
 

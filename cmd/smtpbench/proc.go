@@ -235,6 +235,11 @@ type memSampler struct {
 }
 
 func sampleSession(sid int, period time.Duration, pssEvery int) *memSampler {
+	return sampleProcs(func() []procstat.Proc { return sessionProcs(sid) }, period, pssEvery)
+}
+
+// sampleProcs samples the processes list returns, as sampleSession does.
+func sampleProcs(list func() []procstat.Proc, period time.Duration, pssEvery int) *memSampler {
 	m := &memSampler{stopc: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(m.done)
@@ -243,7 +248,7 @@ func sampleSession(sid int, period time.Duration, pssEvery int) *memSampler {
 		sample := func(withPSS bool) {
 			var rss, pss int64
 			n := 0
-			for _, p := range sessionProcs(sid) {
+			for _, p := range list() {
 				if p.Zombie() {
 					continue
 				}

@@ -186,10 +186,25 @@ func TestSharedSuspension(t *testing.T) {
 }
 
 // frozen is a store whose leases cannot be renewed, as an instance paused
-// (SIGSTOP) or cut off from the database past its leases would be.
+// (SIGSTOP) or cut off from the database past its leases would be: once
+// it holds a lease it takes no other (else, its attempt cut, it would
+// race the other instance for the message at every retry), but its late
+// writes get through.
 type frozen struct {
 	*Store
-	on atomic.Bool
+	on   atomic.Bool
+	took atomic.Bool
+}
+
+func (f *frozen) Lease(ctx context.Context, now time.Time, limit int, leaseFor time.Duration, attempt func(*queue.Message)) ([]*queue.Lease, error) {
+	if f.on.Load() && f.took.Load() {
+		return nil, fmt.Errorf("%w: frozen", delivery.ErrQueueUnavailable)
+	}
+	leases, err := f.Store.Lease(ctx, now, limit, leaseFor, attempt)
+	if len(leases) > 0 {
+		f.took.Store(true)
+	}
+	return leases, err
 }
 
 func (f *frozen) Renew(ctx context.Context, leases []*queue.Lease, until time.Time) ([]*queue.Lease, error) {

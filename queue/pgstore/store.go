@@ -70,6 +70,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"sync"
 	"time"
 
@@ -475,39 +476,65 @@ func (r *row) message() (*queue.Message, error) {
 
 // Lease leases due messages, SKIP LOCKED.
 func (s *Store) Lease(ctx context.Context, now time.Time, limit int, leaseFor time.Duration, attempt func(*queue.Message)) ([]*queue.Lease, error) {
-	tx, err := s.pool.Begin(ctx)
+	// Two round trips. The first statement takes the leases (each row
+	// locked, skipped when another instance holds it, and given a fresh
+	// token and its expiry), and reads the messages with their bodies when
+	// small. The second, a batch in one implicit transaction, writes each
+	// one's attempt mark under its token. A crash between the two leaves
+	// messages leased but not attempted: another instance takes them when
+	// the lease ends, without an attempt counted, as none was made.
+	until := now.Add(leaseFor)
+	rows, err := s.pool.Query(ctx, `UPDATE smtp_queue_messages m SET lease_token = gen_random_uuid()::text, lease_until = $3, lease_owner = $4
+		FROM (SELECT id FROM smtp_queue_messages
+			WHERE NOT held AND next_attempt IS NOT NULL AND next_attempt <= $1 AND (lease_until IS NULL OR lease_until < $1)
+			ORDER BY priority DESC, next_attempt
+			LIMIT $2
+			FOR UPDATE SKIP LOCKED) d
+		WHERE m.id = d.id
+		RETURNING m.id, m.next_attempt, m.held, m.error, m.data, m.priority, m.lease_token,
+			(SELECT b.chunk FROM smtp_queue_bodies b WHERE b.id = m.id AND b.seq = 0 AND m.size <= `+leaseBodyMax+`)`,
+		now, limit, until, s.instance)
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	defer func() { _ = tx.Rollback(context.Background()) }()
-	rows, err := tx.Query(ctx, `SELECT `+rowColumns+` FROM smtp_queue_messages
-		WHERE NOT held AND next_attempt IS NOT NULL AND next_attempt <= $1 AND (lease_until IS NULL OR lease_until < $1)
-		ORDER BY priority DESC, next_attempt
-		LIMIT $2
-		FOR UPDATE SKIP LOCKED`, now, limit)
-	if err != nil {
-		return nil, unavailable(err)
+	type taken struct {
+		r     *row
+		token string
+		body  []byte
 	}
-	var found []*row
+	var found []taken
 	for rows.Next() {
-		r, err := scanRow(rows)
-		if err != nil {
+		var t taken
+		t.r = new(row)
+		if err := rows.Scan(&t.r.id, &t.r.next, &t.r.held, &t.r.errText, &t.r.data, &t.r.prio, &t.token, &t.body); err != nil {
 			rows.Close()
 			return nil, unavailable(err)
 		}
-		found = append(found, r)
+		found = append(found, t)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, unavailable(err)
 	}
+	// RETURNING keeps no order: highest priority first, then earliest due.
+	sort.Slice(found, func(a, b int) bool {
+		ra, rb := found[a].r, found[b].r
+		if ra.prio != rb.prio {
+			return ra.prio > rb.prio
+		}
+		if ra.next != nil && rb.next != nil && !ra.next.Equal(*rb.next) {
+			return ra.next.Before(*rb.next)
+		}
+		return ra.id < rb.id
+	})
 	var leases []*queue.Lease
 	batch := &pgx.Batch{}
-	until := now.Add(leaseFor)
-	for _, r := range found {
+	for _, t := range found {
+		r := t.r
 		m, err := r.message()
 		if err != nil {
-			batch.Queue(`UPDATE smtp_queue_messages SET held = true, state = 'held', error = $2 WHERE id = $1`, r.id, err.Error())
+			batch.Queue(`UPDATE smtp_queue_messages SET held = true, state = 'held', error = $3,
+				lease_token = NULL, lease_until = NULL, lease_owner = NULL WHERE id = $1 AND lease_token = $2`, r.id, t.token, err.Error())
 			continue
 		}
 		attempt(m)
@@ -515,22 +542,21 @@ func (s *Store) Lease(ctx context.Context, now time.Time, limit int, leaseFor ti
 		if err != nil {
 			return nil, err
 		}
-		token := newToken()
-		batch.Queue(`UPDATE smtp_queue_messages SET data = $2, next_attempt = $3, state = $4, lease_token = $5,
-			lease_until = $6, lease_owner = $7 WHERE id = $1`,
-			m.ID, data, nullTime(m.NextAttempt), string(m.State()), token, until, s.instance)
-		leases = append(leases, &queue.Lease{Message: m, Token: token, Until: until})
+		batch.Queue(`UPDATE smtp_queue_messages SET data = $3, next_attempt = $4, state = $5 WHERE id = $1 AND lease_token = $2`,
+			m.ID, t.token, data, nullTime(m.NextAttempt), string(m.State()))
+		leases = append(leases, &queue.Lease{Message: m, Token: t.token, Until: until, Body: t.body})
 	}
 	if batch.Len() > 0 {
-		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		if err := s.pool.SendBatch(ctx, batch).Close(); err != nil {
 			return nil, unavailable(err)
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, unavailable(err)
-	}
 	return leases, nil
 }
+
+// leaseBodyMax is the largest body Lease reads with the message (bytes):
+// at most that much per leased message stays in memory for the attempt.
+const leaseBodyMax = "8192"
 
 func newToken() string {
 	b := make([]byte, 12)
@@ -595,6 +621,9 @@ func (s *Store) Save(ctx context.Context, l *queue.Lease) error {
 // Release ends a lease, fenced by its token.
 func (s *Store) Release(ctx context.Context, l *queue.Lease, notices []queue.Notice) error {
 	m := l.Message
+	if len(notices) == 0 {
+		return s.releaseOne(ctx, l)
+	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return unavailable(err)
@@ -638,6 +667,37 @@ func (s *Store) Release(ctx context.Context, l *queue.Lease, notices []queue.Not
 		return unavailable(err)
 	}
 	s.added(added, bytes)
+	return nil
+}
+
+// releaseOne releases a lease that adds no notice (most releases) in one
+// statement, so one round trip to the database: the removal of the message
+// and of its body, or its update, and the wake-up of the other instances,
+// all or nothing as a statement is.
+func (s *Store) releaseOne(ctx context.Context, l *queue.Lease) error {
+	m := l.Message
+	var n int64
+	var err error
+	if m.Done() || l.Remove {
+		err = s.pool.QueryRow(ctx, `WITH m AS (DELETE FROM smtp_queue_messages WHERE id = $1 AND lease_token = $2 RETURNING id),
+			b AS (DELETE FROM smtp_queue_bodies WHERE id IN (SELECT id FROM m))
+			SELECT (SELECT count(*) FROM m), pg_notify('`+channel+`', '')::text`, m.ID, l.Token).Scan(&n, nil)
+	} else {
+		data, merr := json.Marshal(m)
+		if merr != nil {
+			return merr
+		}
+		err = s.pool.QueryRow(ctx, `WITH u AS (UPDATE smtp_queue_messages SET data = $3, next_attempt = $4, held = $5, state = $6,
+			lease_token = NULL, lease_until = NULL, lease_owner = NULL WHERE id = $1 AND lease_token = $2 RETURNING 1)
+			SELECT (SELECT count(*) FROM u), pg_notify('`+channel+`', '')::text`,
+			m.ID, l.Token, data, nullTime(m.NextAttempt), m.Held, string(m.State())).Scan(&n, nil)
+	}
+	if err != nil {
+		return unavailable(err)
+	}
+	if n == 0 {
+		return queue.ErrStaleLease
+	}
 	return nil
 }
 

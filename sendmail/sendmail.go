@@ -533,6 +533,9 @@ type dotReader struct {
 	pending    []byte
 	// midLine is true when the last piece read did not end a line.
 	midLine bool
+	// err is the error reading the input, returned once what was read
+	// before it is passed on.
+	err error
 }
 
 type dotReaderError struct{ err error }
@@ -540,28 +543,49 @@ type dotReaderError struct{ err error }
 func (e *dotReaderError) Error() string { return "reading standard input: " + e.err.Error() }
 func (e *dotReaderError) Unwrap() error { return e.err }
 
+// Read fills p with as many lines as are at hand (an HTTP client sends each
+// Read as a chunk: a line at a time, a large message took hundreds of
+// thousands of writes and seconds), blocking only when it has none.
 func (d *dotReader) Read(p []byte) (int, error) {
-	for len(d.pending) == 0 {
-		if d.done {
-			return 0, io.EOF
+	n := 0
+	for n < len(p) {
+		if len(d.pending) == 0 {
+			if d.done || d.err != nil || (n > 0 && d.r.Buffered() == 0) {
+				break
+			}
+			d.next()
+			continue
 		}
-		line, err := d.r.ReadSlice('\n')
-		startsLine := !d.midLine
-		d.midLine = errors.Is(err, bufio.ErrBufferFull)
-		if d.midLine {
-			err = nil
-		} else if startsLine && !d.ignoreDots && (string(line) == ".\n" || string(line) == ".\r\n" || (errors.Is(err, io.EOF) && string(line) == ".")) {
-			d.done = true
-			return 0, io.EOF
-		}
-		d.pending = append(d.pending[:0], line...)
-		if errors.Is(err, io.EOF) {
-			d.done = true
-		} else if err != nil {
-			return 0, &dotReaderError{err: err}
-		}
+		c := copy(p[n:], d.pending)
+		d.pending = d.pending[c:]
+		n += c
 	}
-	n := copy(p, d.pending)
-	d.pending = d.pending[n:]
-	return n, nil
+	switch {
+	case n > 0:
+		return n, nil
+	case d.err != nil:
+		return 0, d.err
+	default:
+		return 0, io.EOF
+	}
+}
+
+// next reads the next line into pending, or ends the body (done) at a
+// single dot or the end of the input, or keeps the read error (err).
+func (d *dotReader) next() {
+	line, err := d.r.ReadSlice('\n')
+	startsLine := !d.midLine
+	d.midLine = errors.Is(err, bufio.ErrBufferFull)
+	if d.midLine {
+		err = nil
+	} else if startsLine && !d.ignoreDots && (string(line) == ".\n" || string(line) == ".\r\n" || (errors.Is(err, io.EOF) && string(line) == ".")) {
+		d.done = true
+		return
+	}
+	d.pending = append(d.pending[:0], line...)
+	if errors.Is(err, io.EOF) {
+		d.done = true
+	} else if err != nil {
+		d.err = &dotReaderError{err: err}
+	}
 }

@@ -22,7 +22,8 @@ type appSpec struct {
 	// dkim are the smtp app's signers (dkim.Config as JSON); none: no
 	// signing.
 	dkim []map[string]any
-	// profile is the CPU profile's file name under -profile ("" none).
+	// profile is the CPU profile's file name under -profile ("" none), of
+	// the first instance.
 	profile string
 }
 
@@ -180,13 +181,15 @@ func (b *bench) appRun(spec appSpec) (e2eResult, error) {
 	}
 	ends := make(chan srcEnd, len(cs))
 	var first time.Time
+	sctx, cancel := context.WithTimeout(b.ctx, b.timeout)
+	defer cancel()
 	for i, addr := range addrs {
 		n := b.n / len(cs)
 		if i == 0 {
 			n += b.n % len(cs)
 		}
 		conns := max(1, b.conns/len(cs))
-		src, err := b.startSourceN(b.ctx, addr, n, conns)
+		src, err := b.startSourceN(sctx, addr, n, conns)
 		if err != nil {
 			return r, err
 		}

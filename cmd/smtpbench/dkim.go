@@ -88,7 +88,9 @@ func (b *bench) checkDKIM(c *caddyInstance, spec appSpec) (*dkimCheck, error) {
 	if err := c.load(b.ctx, o); err != nil {
 		return nil, fmt.Errorf("dkim check: %w", err)
 	}
-	src, err := b.startSourceN(b.ctx, hostPort(o.submitPort), 1, 1)
+	sctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	src, err := b.startSourceN(sctx, hostPort(o.submitPort), 1, 1)
 	if err != nil {
 		return nil, err
 	}

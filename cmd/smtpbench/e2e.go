@@ -85,7 +85,7 @@ func (b *bench) e2e() error {
 	rows := []appRow{{name: appLabel, short: "this app", e2eResult: app}}
 	if b.dkim {
 		for _, d := range dkimRows {
-			r, err := b.appRun(appSpec{dir: d.dir, dkim: d.signers})
+			r, err := b.appRun(appSpec{dir: d.dir, dkim: d.signers, profile: "e2e-" + strings.TrimPrefix(d.dir, "caddy-") + "-cpu.pprof"})
 			if err != nil {
 				return err
 			}

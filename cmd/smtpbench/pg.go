@@ -370,7 +370,7 @@ func (b *bench) pgRows() ([]appRow, error) {
 		if err := pg.createDB(b.ctx, r.db); err != nil {
 			return nil, err
 		}
-		res, err := b.appRun(appSpec{dir: r.dir, instances: r.instances, pg: pg, db: r.db})
+		res, err := b.appRun(appSpec{dir: r.dir, instances: r.instances, pg: pg, db: r.db, profile: "e2e-" + strings.TrimPrefix(r.dir, "caddy-") + "-cpu.pprof"})
 		if err != nil {
 			return nil, err
 		}

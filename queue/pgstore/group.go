@@ -166,18 +166,19 @@ func (s *Store) commitGroup(batch []*arrival) {
 func (s *Store) writeGroup(batch []*arrival) error {
 	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
 	defer cancel()
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		b := new(pgx.Batch)
-		for _, a := range batch {
-			m := a.m
-			b.Queue(`INSERT INTO smtp_queue_bodies (id, seq, chunk) VALUES ($1, 0, $2)`, m.ID, a.body)
-			b.Queue(`INSERT INTO smtp_queue_messages (id, priority, next_attempt, held, state, arrived, size, data)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-				m.ID, m.Priority, nullTime(m.NextAttempt), m.Held, string(m.State()), m.Arrived, m.Size, a.data)
-		}
-		b.Queue(notify)
-		return tx.SendBatch(ctx, b).Close()
-	})
+	// One round trip: a batch without BEGIN runs as one implicit
+	// transaction (its statements up to its one Sync), committed when
+	// the last succeeds, rolled back whole when one fails.
+	b := new(pgx.Batch)
+	for _, a := range batch {
+		m := a.m
+		b.Queue(`INSERT INTO smtp_queue_bodies (id, seq, chunk) VALUES ($1, 0, $2)`, m.ID, a.body)
+		b.Queue(`INSERT INTO smtp_queue_messages (id, priority, next_attempt, held, state, arrived, size, data)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			m.ID, m.Priority, nullTime(m.NextAttempt), m.Held, string(m.State()), m.Arrived, m.Size, a.data)
+	}
+	b.Queue(notify)
+	return s.pool.SendBatch(ctx, b).Close()
 }
 
 // readSmall reads body up to one chunk: all of it (more false), or the

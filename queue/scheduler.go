@@ -894,8 +894,17 @@ func (q *Queue) release(am *activeMsg) {
 			m.NextAttempt = n
 		}
 	}
-	if err := q.persist(func(ctx context.Context) error { return q.store.Release(ctx, am.lease, notices) }); err != nil && cfg != nil {
-		cfg.Logger.Error("releasing a message", zap.String("id", m.ID), zap.Error(err))
+	if err := q.persist(func(ctx context.Context) error { return q.store.Release(ctx, am.lease, notices) }); err != nil {
+		switch {
+		case cfg == nil:
+		case errors.Is(err, ErrStaleLease):
+			// Another instance took the message over: its results are
+			// its own, this attempt's are not written.
+			am.stale = true
+			cfg.Logger.Warn("result not recorded: the lease was lost to another instance", zap.String("id", m.ID))
+		default:
+			cfg.Logger.Error("releasing a message: these recipients may be tried again", zap.String("id", m.ID), zap.Error(err))
+		}
 		return
 	}
 	for _, n := range notices {

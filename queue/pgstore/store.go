@@ -61,10 +61,11 @@
 //
 // # Wake-ups
 //
-// Every change that makes something due (a new message, a release, an
-// admin action) sends NOTIFY smtp_queue; each instance LISTENs on its own
-// connection, so that another instance's message is seen at once, not at
-// the next poll.
+// Every change that makes something due for any instance (a new message,
+// a notice, an admin action) sends NOTIFY smtp_queue; a release that adds
+// no notice does not, as the releasing instance itself looks again. Each
+// instance LISTENs on its own connection, so that another instance's
+// message is seen at once, not at the next poll.
 package pgstore
 
 import (
@@ -678,8 +679,11 @@ func (s *Store) Release(ctx context.Context, l *queue.Lease, notices []queue.Not
 
 // releaseOne releases a lease that adds no notice (most releases) in one
 // statement, so one round trip to the database: the removal of the message
-// and of its body, or its update, and the wake-up of the other instances,
-// all or nothing as a statement is.
+// and of its body, or its update, all or nothing as a statement is. It
+// wakes no other instance: nothing it writes is due before this
+// instance's own next look (it sets its timer by NextDue after every
+// release), and with several instances a NOTIFY per delivered message
+// woke every other one for nothing, thousands of times a second.
 func (s *Store) releaseOne(ctx context.Context, l *queue.Lease) error {
 	m := l.Message
 	var n int64
@@ -687,7 +691,7 @@ func (s *Store) releaseOne(ctx context.Context, l *queue.Lease) error {
 	if m.Done() || l.Remove {
 		err = s.pool.QueryRow(ctx, `WITH m AS (DELETE FROM smtp_queue_messages WHERE id = $1 AND lease_token = $2 RETURNING id),
 			b AS (DELETE FROM smtp_queue_bodies WHERE id IN (SELECT id FROM m))
-			SELECT (SELECT count(*) FROM m), pg_notify('`+channel+`', '')::text`, m.ID, l.Token).Scan(&n, nil)
+			SELECT count(*) FROM m`, m.ID, l.Token).Scan(&n)
 	} else {
 		data, merr := json.Marshal(m)
 		if merr != nil {
@@ -695,8 +699,8 @@ func (s *Store) releaseOne(ctx context.Context, l *queue.Lease) error {
 		}
 		err = s.pool.QueryRow(ctx, `WITH u AS (UPDATE smtp_queue_messages SET data = $3, next_attempt = $4, held = $5, state = $6,
 			lease_token = NULL, lease_until = NULL, lease_owner = NULL WHERE id = $1 AND lease_token = $2 RETURNING 1)
-			SELECT (SELECT count(*) FROM u), pg_notify('`+channel+`', '')::text`,
-			m.ID, l.Token, data, nullTime(m.NextAttempt), m.Held, string(m.State())).Scan(&n, nil)
+			SELECT count(*) FROM u`,
+			m.ID, l.Token, data, nullTime(m.NextAttempt), m.Held, string(m.State())).Scan(&n)
 	}
 	if err != nil {
 		return unavailable(err)

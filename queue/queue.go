@@ -455,6 +455,9 @@ func (q *Queue) withPrefix(m *Message, b Body) Body {
 	return &prefixed{prefix: m.Prefix, Body: b}
 }
 
+// MemBody returns a body held in memory.
+func MemBody(b []byte) Body { return memBody{bytes.NewReader(b)} }
+
 // memBody is a body in memory.
 type memBody struct{ *bytes.Reader }
 

@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -597,7 +596,7 @@ func (q *Queue) deliver(cfg *Config, j *job) []delivery.RecipientReport {
 	am.bodyOnce.Do(func() {
 		if b := am.lease.Body; b != nil {
 			// Read with the lease.
-			am.body = q.withPrefix(am.lease.Message, memBody{bytes.NewReader(b)})
+			am.body = q.withPrefix(am.lease.Message, MemBody(b))
 			return
 		}
 		am.body, am.bodyErr = q.Body(q.jobCtx, am.lease.Message)

@@ -548,33 +548,6 @@ func (s *Store) queryRow(tx *sql.Tx, q string, args ...any) *sql.Row {
 	return tx.QueryRow(q, args...)
 }
 
-// read returns query q prepared once on the readers' pool.
-func (s *Store) read(q string) interface {
-	QueryRowContext(ctx context.Context, args ...any) *sql.Row
-	QueryContext(ctx context.Context, args ...any) (*sql.Rows, error)
-} {
-	st, err := s.prepared(s.rdb, q)
-	if err != nil {
-		return unprepared{s.rdb, q}
-	}
-	return st
-}
-
-// unprepared runs a query that could not be prepared, so that its error
-// comes back where the query is made.
-type unprepared struct {
-	db *sql.DB
-	q  string
-}
-
-func (u unprepared) QueryRowContext(ctx context.Context, args ...any) *sql.Row {
-	return u.db.QueryRowContext(ctx, u.q, args...)
-}
-
-func (u unprepared) QueryContext(ctx context.Context, args ...any) (*sql.Rows, error) {
-	return u.db.QueryContext(ctx, u.q, args...)
-}
-
 // classify turns a full disk into delivery.ErrQueueFull.
 func classify(err error) error {
 	if err == nil {
@@ -694,7 +667,11 @@ func (s *Store) Body(ctx context.Context, id string) (queue.Body, error) {
 	var blob []byte
 	var size int64
 	var inFile bool
-	err := s.read(`SELECT body, body IS NULL, size FROM messages WHERE id = ?`).QueryRowContext(ctx, id).Scan(&blob, &inFile, &size)
+	q, err := s.prepared(s.rdb, `SELECT body, body IS NULL, size FROM messages WHERE id = ?`)
+	if err != nil {
+		return nil, err
+	}
+	err = q.QueryRowContext(ctx, id).Scan(&blob, &inFile, &size)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%s: %w", id, queue.ErrNotFound)
 	}
@@ -702,7 +679,7 @@ func (s *Store) Body(ctx context.Context, id string) (queue.Body, error) {
 		return nil, err
 	}
 	if !inFile {
-		return &memBody{Reader: bytes.NewReader(blob)}, nil
+		return queue.MemBody(blob), nil
 	}
 	f, err := os.Open(filepath.Join(s.bodies, id))
 	if err != nil {
@@ -719,10 +696,6 @@ func (s *Store) Body(ctx context.Context, id string) (queue.Body, error) {
 	}
 	return &fileBody{File: f, size: size}, nil
 }
-
-type memBody struct{ *bytes.Reader }
-
-func (b *memBody) Close() error { return nil }
 
 type fileBody struct {
 	*os.File
@@ -1057,12 +1030,16 @@ func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
 	}
 	leased := len(s.leases)
 	s.mu.Unlock()
+	st, err := s.prepared(s.rdb, `SELECT id, next_attempt FROM messages
+		WHERE held = 0 AND next_attempt IS NOT NULL AND priority = ? ORDER BY next_attempt LIMIT ?`)
+	if err != nil {
+		return time.Time{}, false, err
+	}
 	var next time.Time
 	for _, prio := range prios {
 		// Rows are read one by one: the leased ones are skipped, and the
 		// first other one is the answer.
-		rows, err := s.read(`SELECT id, next_attempt FROM messages
-			WHERE held = 0 AND next_attempt IS NOT NULL AND priority = ? ORDER BY next_attempt LIMIT ?`).QueryContext(ctx, prio, leased+1)
+		rows, err := st.QueryContext(ctx, prio, leased+1)
 		if err != nil {
 			return time.Time{}, false, err
 		}

@@ -92,6 +92,36 @@ type Store interface {
 	Close() error
 }
 
+// ModifyEach is the walk of a store's Modify: it lists the messages
+// matching f a page (of pageSize) at a time, and calls one for each.
+// one returns whether it changed or removed the message, or an error
+// wrapping ErrStaleLease when the message is leased (it is then counted as
+// busy); any other error ends the walk.
+func ModifyEach(ctx context.Context, s Store, f *Filter, pageSize int, one func(m *Message) (bool, error)) (touched int, busy []string, err error) {
+	cursor := ""
+	for {
+		page, next, err := s.List(ctx, f, pageSize, cursor)
+		if err != nil {
+			return touched, busy, err
+		}
+		for _, m := range page {
+			ok, err := one(m)
+			switch {
+			case errors.Is(err, ErrStaleLease):
+				busy = append(busy, m.ID)
+			case err != nil:
+				return touched, busy, err
+			case ok:
+				touched++
+			}
+		}
+		if next == "" {
+			return touched, busy, nil
+		}
+		cursor = next
+	}
+}
+
 // StoreModule is a Caddy module of the smtp.queue.stores namespace: it
 // opens a store. The app keeps one queue per StoreKey across config
 // reloads.

@@ -808,30 +808,9 @@ func (s *Store) List(ctx context.Context, f *queue.Filter, limit int, cursor str
 
 // Modify changes the matching messages that no instance holds.
 func (s *Store) Modify(ctx context.Context, f *queue.Filter, fn func(*queue.Message) queue.Change) (int, []string, error) {
-	touched := 0
-	var busy []string
-	cursor := ""
-	for {
-		page, next, err := s.List(ctx, f, listPage, cursor)
-		if err != nil {
-			return touched, busy, err
-		}
-		for _, m := range page {
-			ok, err := s.modify1(ctx, m.ID, f, fn)
-			switch {
-			case errors.Is(err, queue.ErrStaleLease):
-				busy = append(busy, m.ID)
-			case err != nil:
-				return touched, busy, err
-			case ok:
-				touched++
-			}
-		}
-		if next == "" {
-			return touched, busy, nil
-		}
-		cursor = next
-	}
+	return queue.ModifyEach(ctx, s, f, listPage, func(m *queue.Message) (bool, error) {
+		return s.modify1(ctx, m.ID, f, fn)
+	})
 }
 
 // modify1 changes one message, locked, unless it is leased.

@@ -1130,40 +1130,22 @@ func (s *Store) List(ctx context.Context, f *queue.Filter, limit int, cursor str
 
 // Modify changes the matching messages that are not leased.
 func (s *Store) Modify(ctx context.Context, f *queue.Filter, fn func(*queue.Message) queue.Change) (int, []string, error) {
-	touched := 0
-	var busy []string
-	cursor := ""
-	for {
-		page, next, err := s.List(ctx, f, listPage, cursor)
-		if err != nil {
-			return touched, busy, err
+	return queue.ModifyEach(ctx, s, f, listPage, func(m *queue.Message) (bool, error) {
+		s.mu.Lock()
+		_, leased := s.leases[m.ID]
+		s.mu.Unlock()
+		if leased {
+			return false, queue.ErrStaleLease
 		}
-		for _, m := range page {
-			s.mu.Lock()
-			_, leased := s.leases[m.ID]
-			s.mu.Unlock()
-			if leased {
-				busy = append(busy, m.ID)
-				continue
-			}
-			ch := fn(m)
-			if !ch.Write && !ch.Remove && len(ch.Notices) == 0 {
-				continue
-			}
-			if err := s.apply(ctx, m, ch); err != nil {
-				if errors.Is(err, queue.ErrStaleLease) {
-					busy = append(busy, m.ID)
-					continue
-				}
-				return touched, busy, err
-			}
-			touched++
+		ch := fn(m)
+		if !ch.Write && !ch.Remove && len(ch.Notices) == 0 {
+			return false, nil
 		}
-		if next == "" {
-			return touched, busy, nil
+		if err := s.apply(ctx, m, ch); err != nil {
+			return false, err
 		}
-		cursor = next
-	}
+		return true, nil
+	})
 }
 
 // apply writes one change of Modify, unless the message was leased since.

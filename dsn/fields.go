@@ -32,20 +32,7 @@ func describe(o Options, m *queue.Message, news []queue.News, now time.Time) (*D
 		if !knownKind(n.Kind) {
 			return nil, fmt.Errorf("dsn: unknown kind of news %q for recipient %d of message %s", n.Kind, n.Index, m.ID)
 		}
-		r := recipient(&m.Recipients[n.Index], n, now.Location())
-		d.Recipients = append(d.Recipients, r)
-		switch n.Kind {
-		case "failed":
-			d.Failed = append(d.Failed, r)
-		case "delayed":
-			d.Delayed = append(d.Delayed, r)
-		case "delivered":
-			d.Delivered = append(d.Delivered, r)
-		case "relayed":
-			d.Relayed = append(d.Relayed, r)
-		case "expanded":
-			d.Expanded = append(d.Expanded, r)
-		}
+		d.add(recipient(&m.Recipients[n.Index], n, now.Location()))
 	}
 	d.Kind = d.Recipients[0].Action
 	for _, r := range d.Recipients {

@@ -47,6 +47,23 @@ type Data struct {
 	Failed, Delayed, Delivered, Relayed, Expanded []Recipient `json:"-"`
 }
 
+// add adds r to the notice's recipients, and to the list of its action.
+func (d *Data) add(r Recipient) {
+	d.Recipients = append(d.Recipients, r)
+	switch r.Action {
+	case "failed":
+		d.Failed = append(d.Failed, r)
+	case "delayed":
+		d.Delayed = append(d.Delayed, r)
+	case "delivered":
+		d.Delivered = append(d.Delivered, r)
+	case "relayed":
+		d.Relayed = append(d.Relayed, r)
+	case "expanded":
+		d.Expanded = append(d.Expanded, r)
+	}
+}
+
 // Recipient is one recipient reported.
 type Recipient struct {
 	// Address is the recipient's address (Final-Recipient), and
@@ -210,20 +227,9 @@ func samples() []*Data {
 	expanded := Recipient{Address: "f@example.net", Action: "expanded", Status: "2.0.0", Attempts: 1}
 	base := func(kind string, rs ...Recipient) *Data {
 		d := &Data{Kind: kind, ReportingMTA: "mail.example.org", Sender: "s@example.org", QueueID: "0000000000000000000a",
-			EnvID: "env", Arrived: t, Subject: "Hello", MessageID: "<m@example.org>", Returned: "headers", Now: t, Recipients: rs}
+			EnvID: "env", Arrived: t, Subject: "Hello", MessageID: "<m@example.org>", Returned: "headers", Now: t}
 		for _, r := range rs {
-			switch r.Action {
-			case "failed":
-				d.Failed = append(d.Failed, r)
-			case "delayed":
-				d.Delayed = append(d.Delayed, r)
-			case "delivered":
-				d.Delivered = append(d.Delivered, r)
-			case "relayed":
-				d.Relayed = append(d.Relayed, r)
-			case "expanded":
-				d.Expanded = append(d.Expanded, r)
-			}
+			d.add(r)
 		}
 		return d
 	}

@@ -133,29 +133,11 @@ func (b *bench) appE2E() (e2eResult, error) {
 // postfixE2E measures Postfix receiving and relaying at once.
 func (b *bench) postfixE2E() (e2eResult, error) {
 	var r e2eResult
-	s, stopSink, err := b.sink("postfix-sink")
+	s, pf, stop, err := b.startPostfix(false)
 	if err != nil {
 		return r, err
 	}
-	defer stopSink()
-	d, err := b.peerDir("postfix")
-	if err != nil {
-		return r, err
-	}
-	pf, err := startRelay(b.ctx, d, s.port, b.conns, b.n, false)
-	if err != nil {
-		return r, err
-	}
-	b.postfixVersion = pf.version
-	stopped := false
-	stopPF := func() {
-		if !stopped {
-			stopped = true
-			stopProc(pf.proc, 0)
-		}
-	}
-	b.cl.add(stopPF)
-	defer stopPF()
+	defer stop()
 
 	b.waitQuiet()
 	sid := pf.proc.pid()

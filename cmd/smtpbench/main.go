@@ -305,20 +305,20 @@ func (b *bench) appPhase(logFile string) (result, error) {
 	return r.result, nil
 }
 
-func (b *bench) postfixPhase() (result, error) {
-	var r result
+// startPostfix starts a sink and a private Postfix relaying to it (hold:
+// with its deliveries held); stop stops both, and runs at a Ctrl-C too.
+func (b *bench) startPostfix(hold bool) (s *sink, pf *relay, stop func(), err error) {
 	s, stopSink, err := b.sink("postfix-sink")
 	if err != nil {
-		return r, err
+		return nil, nil, nil, err
 	}
-	defer stopSink()
 	d, err := b.peerDir("postfix")
-	if err != nil {
-		return r, err
+	if err == nil {
+		pf, err = startRelay(b.ctx, d, s.port, b.conns, b.n, hold)
 	}
-	pf, err := startRelay(b.ctx, d, s.port, b.conns, b.n, true)
 	if err != nil {
-		return r, err
+		stopSink()
+		return nil, nil, nil, err
 	}
 	b.postfixVersion = pf.version
 	stopped := false
@@ -331,7 +331,16 @@ func (b *bench) postfixPhase() (result, error) {
 		}
 	}
 	b.cl.add(stopPF)
-	defer stopPF()
+	return s, pf, func() { stopPF(); stopSink() }, nil
+}
+
+func (b *bench) postfixPhase() (result, error) {
+	var r result
+	s, pf, stop, err := b.startPostfix(true)
+	if err != nil {
+		return r, err
+	}
+	defer stop()
 
 	source, err := lookPath("smtp-source")
 	if err != nil {

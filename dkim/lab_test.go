@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,7 +51,7 @@ func startLab(t *testing.T, records string, update bool) *lab {
 		extra = []string{"cache-max-negative-ttl: 1", "cache-max-ttl: 1"}
 	}
 	k := peertest.StartKnot(t, peertest.KnotOptions{Zones: []peertest.Zone{zone}, AllowUpdate: update})
-	u := peertest.StartUnbound(t, peertest.UnboundOptions{Knot: k, Addr: port53Address(t), Port: 53, Extra: extra})
+	u := peertest.StartUnbound(t, peertest.UnboundOptions{Knot: k, Addr: peertest.Port53Address(t, "127.88.15"), Port: 53, Extra: extra})
 	r, err := resolver.New(resolver.Config{Servers: []string{"udp://" + u.Addr}, Cache: &resolver.CacheConfig{Size: -1}}, "resolver")
 	require.NoError(t, err)
 	rc := filepath.Join(t.TempDir(), "resolv.conf")
@@ -70,28 +69,6 @@ func startLab(t *testing.T, records string, update bool) *lab {
 		}),
 		resolvConf: rc,
 	}
-}
-
-// port53Address returns a loopback address whose port 53 is free (UDP and
-// TCP), among 127.88.15.53 to 127.88.15.62.
-func port53Address(t *testing.T) string {
-	t.Helper()
-	for i := 53; i < 63; i++ {
-		addr := fmt.Sprintf("127.88.15.%d", i)
-		l, err := net.Listen("tcp4", addr+":53")
-		if err != nil {
-			continue
-		}
-		p, err := net.ListenPacket("udp4", addr+":53")
-		l.Close()
-		if err != nil {
-			continue
-		}
-		p.Close()
-		return addr
-	}
-	t.Fatal("no loopback address 127.88.15.53-62 with port 53 free")
-	return ""
 }
 
 // pyResult is one signature's verdict from python3-dkim.

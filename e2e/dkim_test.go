@@ -11,7 +11,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,50 +66,10 @@ func dkimE2EStartLab(t *testing.T, records string, short bool) *dkimE2ELab {
 		extra = []string{"cache-max-negative-ttl: 1", "cache-max-ttl: 1"}
 	}
 	k := peertest.StartKnot(t, peertest.KnotOptions{Zones: []peertest.Zone{zone}})
-	u := peertest.StartUnbound(t, peertest.UnboundOptions{Knot: k, Addr: dkimE2EPort53Address(t), Port: 53, Extra: extra})
+	u := peertest.StartUnbound(t, peertest.UnboundOptions{Knot: k, Addr: peertest.Port53Address(t, "127.88.29"), Port: 53, Extra: extra})
 	rc := filepath.Join(t.TempDir(), "resolv.conf")
 	require.NoError(t, os.WriteFile(rc, []byte("nameserver "+u.Host+"\noptions attempts:2 timeout:2\n"), 0o644))
 	return &dkimE2ELab{knot: k, unbound: u, resolvConf: rc}
-}
-
-var (
-	dkimE2EAddrMu sync.Mutex
-	// dkimE2EAddrTaken are the addresses this process's tests hold.
-	dkimE2EAddrTaken = map[string]bool{}
-)
-
-// dkimE2EPort53Address returns a loopback address among 127.88.29.53 to
-// 127.88.29.62 whose port 53 is free (UDP and TCP) and that no other test
-// of this process holds; it is given back when the test ends.
-func dkimE2EPort53Address(t *testing.T) string {
-	t.Helper()
-	dkimE2EAddrMu.Lock()
-	defer dkimE2EAddrMu.Unlock()
-	for i := 53; i < 63; i++ {
-		addr := fmt.Sprintf("127.88.29.%d", i)
-		if dkimE2EAddrTaken[addr] {
-			continue
-		}
-		l, err := net.Listen("tcp4", addr+":53")
-		if err != nil {
-			continue
-		}
-		p, err := net.ListenPacket("udp4", addr+":53")
-		l.Close()
-		if err != nil {
-			continue
-		}
-		p.Close()
-		dkimE2EAddrTaken[addr] = true
-		t.Cleanup(func() {
-			dkimE2EAddrMu.Lock()
-			delete(dkimE2EAddrTaken, addr)
-			dkimE2EAddrMu.Unlock()
-		})
-		return addr
-	}
-	t.Fatal("no loopback address 127.88.29.53-62 with port 53 free")
-	return ""
 }
 
 // publish replaces the records of example.org with the given zone-file

@@ -1187,21 +1187,7 @@ func TestMgmtE2EPageInChromium(t *testing.T) {
 		return fmt.Sprintf(`(document.querySelector('#messages tr[data-id=%q] td.state') || {}).textContent || ""`, id)
 	}
 	// poll waits, at most 20 seconds, for a JavaScript condition.
-	poll := func(expr string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			deadline := time.Now().Add(20 * time.Second)
-			for {
-				ok, err := chromedp.Evaluate[bool](expr)(ctx, tg)
-				if err == nil && ok {
-					return nil
-				}
-				if time.Now().After(deadline) {
-					return fmt.Errorf("waited 20s for %s (last error: %v)", expr, err)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-		})
-	}
+	poll := func(expr string) chromedp.Action[chromedp.Void] { return peertest.PollJS(expr, 20*time.Second) }
 	err = chromedp.Do(ctx,
 		chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
 			_, err := chromedp.Call(ctx, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{

@@ -179,22 +179,8 @@ func TestPageInChromium(t *testing.T) {
 	rowState := func(id string) string {
 		return fmt.Sprintf(`(document.querySelector('#messages tr[data-id=%q] td.state') || {}).textContent || ""`, id)
 	}
-	// poll waits, at most 20 seconds, for a JavaScript condition to hold.
-	poll := func(expr string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
-			deadline := time.Now().Add(20 * time.Second)
-			for {
-				ok, err := chromedp.Evaluate[bool](expr)(ctx, t)
-				if err == nil && ok {
-					return nil
-				}
-				if time.Now().After(deadline) {
-					return fmt.Errorf("waited 20s for %s (last error: %v)", expr, err)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-		})
-	}
+	// poll waits, at most 20 seconds, for a JavaScript condition.
+	poll := func(expr string) chromedp.Action[chromedp.Void] { return peertest.PollJS(expr, 20*time.Second) }
 	err := chromedp.Do(ctx,
 		chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
 			if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
